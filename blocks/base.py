@@ -1,0 +1,44 @@
+"""Shared helpers for blocks: input flattening and argument checks."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+def flatten_2d(x):
+    """(B, ...) -> (B, prod(...)); a (B, d) tensor passes through."""
+    if len(x.shape) == 2:
+        return x
+    size = 1
+    for d in x.shape[1:]:
+        size *= d
+    return ops.reshape(x, (-1, size))
+
+
+def as_list(inputs) -> list:
+    return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+
+
+def check_positive_int(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive integer, received {value!r}")
+
+
+def check_fraction(name: str, value) -> None:
+    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"`{name}` must be a number in [0, 1), received {value!r}")
+
+
+class Block(keras.layers.Layer):
+    """Base of every kzoo block.
+
+    `arity` is (min, max) number of inputs the spec may wire in (max None = any);
+    `feature_block` marks blocks that read a feature group (`group:NAME`) and receive
+    the feature descriptions from the graph builder as their `features` argument.
+    """
+
+    arity: tuple[int, int | None] = (1, 1)
+    feature_block: bool = False

@@ -1,0 +1,287 @@
+"""Core blocks: feature embeddings, dense features, MLP, Concat, Add, Linear (LR)."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from blocks.base import Block, as_list, check_fraction, check_positive_int, flatten_2d
+from blocks.registry import register_block
+
+
+def _tables(features: list[dict]) -> dict[str, int]:
+    """Embedding table name -> rows, for the categorical features (shared names share rows)."""
+    tables: dict[str, int] = {}
+    for f in features:
+        if f["kind"] != "numeric":
+            name = f.get("table") or f["name"]
+            tables[name] = max(tables.get(name, 0), int(f["vocab_size"]))
+    return tables
+
+
+def _check_features(features) -> None:
+    if not isinstance(features, (list, tuple)) or not features:
+        raise ValueError(f"`features` must be a non-empty list of feature descriptions, received {features!r}")
+    for f in features:
+        if f.get("kind") not in ("numeric", "categorical"):
+            raise ValueError(f"feature {f.get('name')!r}: kind must be 'numeric' or 'categorical', received {f.get('kind')!r}")
+        if f["kind"] == "categorical" and int(f.get("vocab_size", 0)) < 1:
+            raise ValueError(f"feature {f['name']!r}: vocab_size must be >= 1, received {f.get('vocab_size')!r}")
+
+
+@register_block()
+class FeatureEmbedding(Block):
+    """Embeds every feature of a group into a `dim`-vector: output (batch, fields, dim).
+
+    A categorical feature with id i gives row i of its table E_f; features declaring the
+    same `embedding` name share one table. A numeric feature with value x gives x * v_f
+    (one learned vector per numeric feature), as in DeepFM / AutoInt / FuxiCTR.
+
+    Args:
+        dim: int. Embedding size.
+        features: list of dict. Filled in by the graph builder from the feature group:
+            `{"name", "kind": "numeric"|"categorical", "vocab_size", "table"}`.
+        l2: float. L2 penalty on the rows looked up in each batch. Defaults to `0.0`.
+        initializer_scale: float. Std of the normal initialiser. Defaults to `0.05`.
+
+    Example:
+    ```python
+    emb = FeatureEmbedding(dim=4, features=[{"name": "c", "kind": "categorical", "vocab_size": 10}])
+    emb({"c": np.array([[1], [2]])}).shape  # (2, 1, 4)
+    ```
+    """
+
+    feature_block = True
+
+    def __init__(self, dim: int, features: list | None = None, l2: float = 0.0,
+                 initializer_scale: float = 0.05, **kwargs):
+        super().__init__(**kwargs)
+        check_positive_int("dim", dim)
+        if not isinstance(l2, (int, float)) or l2 < 0:
+            raise ValueError(f"`l2` must be a non-negative number, received {l2!r}")
+        self.dim = dim
+        self.features = [dict(f) for f in (features or [])]
+        self.l2 = float(l2)
+        self.initializer_scale = float(initializer_scale)
+        if features is not None:
+            _check_features(self.features)
+        self.embedding_tables: dict[str, keras.layers.Embedding] = {}
+
+    def build(self, input_shape=None):
+        init = keras.initializers.RandomNormal(stddev=self.initializer_scale)
+        for name, rows in _tables(self.features).items():
+            layer = keras.layers.Embedding(rows, self.dim, embeddings_initializer=init, name=f"table_{name}")
+            layer.build((None, 1))
+            self.embedding_tables[name] = layer
+        n_numeric = sum(f["kind"] == "numeric" for f in self.features)
+        self.numeric_kernel = (
+            self.add_weight(name="numeric_kernel", shape=(n_numeric, self.dim), initializer=init)
+            if n_numeric else None
+        )
+        self.built = True
+
+    def call(self, inputs):
+        columns, numeric_index = [], 0
+        for f in self.features:
+            x = inputs[f["name"]]
+            if f["kind"] == "numeric":
+                v = ops.cast(ops.reshape(x, (-1, 1)), self.compute_dtype) * self.numeric_kernel[numeric_index]
+                numeric_index += 1
+            else:
+                table = self.embedding_tables[f.get("table") or f["name"]]
+                ids = ops.cast(ops.reshape(x, (-1,)), "int32")
+                v = table(ids)
+                if self.l2:
+                    self.add_loss(self.l2 * ops.sum(ops.square(v)) / ops.cast(ops.shape(v)[0], v.dtype))
+            columns.append(v)
+        return ops.stack(columns, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (None, len(self.features), self.dim)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "features": self.features, "l2": self.l2,
+                "initializer_scale": self.initializer_scale}
+
+
+@register_block()
+class Linear(Block):
+    """First-order (logistic-regression) term: sum_f w_f(x_f) + b, output (batch, 1).
+
+    A categorical feature contributes the weight of its id; a numeric one w_f * x.
+
+    Args:
+        features: list of dict. Filled in by the graph builder (see FeatureEmbedding).
+        l2: float. L2 penalty on looked-up weights. Defaults to `0.0`.
+    """
+
+    feature_block = True
+
+    def __init__(self, features: list | None = None, l2: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.features = [dict(f) for f in (features or [])]
+        self.l2 = float(l2)
+        self.weights_1d = FeatureEmbedding(dim=1, features=self.features, l2=l2, initializer_scale=0.0,
+                                           name="weights") if features is not None else None
+
+    def build(self, input_shape=None):
+        self.weights_1d.build(input_shape)
+        self.bias = self.add_weight(name="bias", shape=(1,), initializer="zeros")
+
+    def call(self, inputs):
+        return ops.sum(self.weights_1d(inputs), axis=(1,)) + self.bias
+
+    def compute_output_shape(self, input_shape):
+        return (None, 1)
+
+    def get_config(self):
+        return {**super().get_config(), "features": self.features, "l2": self.l2}
+
+
+@register_block()
+class DenseFeatures(Block):
+    """The group's numeric features side by side: output (batch, n_numeric).
+
+    For models with a dense tower (DLRM's bottom MLP). Categorical features are rejected.
+
+    Args:
+        features: list of dict. Filled in by the graph builder; all must be numeric.
+    """
+
+    feature_block = True
+
+    def __init__(self, features: list | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.features = [dict(f) for f in (features or [])]
+        bad = [f["name"] for f in self.features if f["kind"] != "numeric"]
+        if bad:
+            raise ValueError(f"DenseFeatures takes numeric features only, received categorical {bad}; "
+                             "use a group like 'type:numeric'")
+
+    def call(self, inputs):
+        return ops.concatenate(
+            [ops.cast(ops.reshape(inputs[f["name"]], (-1, 1)), self.compute_dtype) for f in self.features], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (None, len(self.features))
+
+    def get_config(self):
+        return {**super().get_config(), "features": self.features}
+
+
+@register_block()
+class MLP(Block):
+    """A stack of Dense layers: x -> [Dense -> norm -> activation -> dropout] * len(units).
+
+    Inputs of rank > 2 are flattened first, so an embedding block (batch, fields, dim)
+    feeds it directly.
+
+    Args:
+        units: list of int. Width of each layer.
+        activation: str. Keras activation name. Defaults to `"relu"`.
+        dropout: float. Dropout rate after each layer. Defaults to `0.0`.
+        norm: str or None. `"batch"`, `"layer"` or None. Defaults to None.
+        output_activation: str or None. Activation of the last layer instead of
+            `activation` (e.g. `None` for a linear projection). Defaults to `"same"`.
+        l2: float. L2 penalty on the kernels. Defaults to `0.0`.
+
+    Example:
+    ```python
+    MLP(units=[64, 32], dropout=0.1)(np.ones((2, 8))).shape  # (2, 32)
+    ```
+    """
+
+    def __init__(self, units: list, activation: str = "relu", dropout: float = 0.0, norm: str | None = None,
+                 output_activation: str | None = "same", l2: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(units, (list, tuple)) or not units:
+            raise ValueError(f"`units` must be a non-empty list of positive ints, received {units!r}")
+        for u in units:
+            check_positive_int("units[i]", u)
+        check_fraction("dropout", dropout)
+        if norm not in (None, "batch", "layer"):
+            raise ValueError(f"`norm` must be 'batch', 'layer' or null, received {norm!r}")
+        keras.activations.get(activation)
+        self.units = list(units)
+        self.activation = activation
+        self.dropout = float(dropout)
+        self.norm = norm
+        self.output_activation = output_activation
+        self.l2 = float(l2)
+        reg = keras.regularizers.L2(l2) if l2 else None
+        self.stack = []
+        for i, u in enumerate(self.units):
+            last = i == len(self.units) - 1
+            act = activation if not last or output_activation == "same" else output_activation
+            self.stack.append(keras.layers.Dense(u, kernel_regularizer=reg, name=f"dense_{i}"))
+            if norm == "batch":
+                self.stack.append(keras.layers.BatchNormalization(name=f"bn_{i}"))
+            elif norm == "layer":
+                self.stack.append(keras.layers.LayerNormalization(name=f"ln_{i}"))
+            if act:
+                self.stack.append(keras.layers.Activation(act, name=f"act_{i}"))
+            if dropout and not last:
+                self.stack.append(keras.layers.Dropout(dropout, name=f"dropout_{i}"))
+
+    def build(self, input_shape):
+        shape = (input_shape[0], _flat_width(input_shape))
+        for layer in self.stack:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+
+    def call(self, inputs, training=None):
+        x = flatten_2d(inputs)
+        for layer in self.stack:
+            x = layer(x, training=training) if isinstance(layer, (keras.layers.Dropout, keras.layers.BatchNormalization)) else layer(x)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.units[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": self.activation, "dropout": self.dropout,
+                "norm": self.norm, "output_activation": self.output_activation, "l2": self.l2}
+
+
+def _flat_width(shape) -> int:
+    width = 1
+    for d in shape[1:]:
+        width *= d
+    return width
+
+
+@register_block()
+class Concat(Block):
+    """Flattens each input to (batch, n_i) and concatenates them: (batch, sum n_i)."""
+
+    arity = (1, None)
+
+    def call(self, inputs):
+        xs = [flatten_2d(x) for x in as_list(inputs)]
+        return xs[0] if len(xs) == 1 else ops.concatenate(xs, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        shapes = input_shape if isinstance(input_shape, list) else [input_shape]
+        return (None, sum(_flat_width(s) for s in shapes))
+
+
+@register_block()
+class Add(Block):
+    """Element-wise sum of inputs of one shape (e.g. the logits of wide and deep parts)."""
+
+    arity = (2, None)
+
+    def build(self, input_shape):
+        shapes = [tuple(s[1:]) for s in input_shape]
+        if len(set(shapes)) > 1:
+            raise ValueError(f"Add needs inputs of one shape, received {shapes}; project them first (e.g. MLP units=[1])")
+
+    def call(self, inputs):
+        xs = as_list(inputs)
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return out
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]

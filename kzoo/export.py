@@ -1,0 +1,101 @@
+"""Export a run as a TF Serving SavedModel: BASE/VERSION/, raw features in, task outputs out.
+
+Export runs on the TensorFlow backend from the run's `.keras` file (DESIGN.md): a run
+trained on JAX or torch is exported by a TensorFlow-backend subprocess. The serving function
+is the preprocessing stage (vocabulary lookups, hashing, normalisation) composed with the
+model, so a client sends the raw columns. The version is written to a hidden temporary
+folder and renamed into place at the end: TF Serving only loads numeric folders, and an
+interrupted export leaves no half version behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+WARMUP_FILE = "tf_serving_warmup_requests"
+
+
+def next_version(base: Path) -> int:
+    versions = [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()] if base.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def export(run, base, version: int | None = None) -> Path:
+    """Write RUN's model to BASE/VERSION (next free version by default); returns that path."""
+    import keras
+
+    run, base = Path(run), Path(base)
+    version = int(version) if version is not None else next_version(base)
+    final = base / str(version)
+    if final.exists():
+        raise FileExistsError(f"{final} exists; TF Serving versions are immutable: pick another --version")
+    if keras.backend.backend() != "tensorflow":
+        # The .keras file is backend-agnostic; TensorFlow builds a plain-TF serving graph.
+        env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+        cmd = [sys.executable, "-m", "kzoo.cli", "export", str(run), "--out", str(base), "--version", str(version)]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"export in a TensorFlow-backend process failed:\n{done.stderr[-4000:]}")
+        return final
+    return _export_tf(run, base, version)
+
+
+def _export_tf(run: Path, base: Path, version: int) -> Path:
+    import keras
+    import tensorflow as tf
+
+    from kzoo.features import Preprocessor
+    from kzoo.train import load_run
+
+    spec, prep, model = load_run(run)
+    pre = Preprocessor(spec.features, prep["stats"], prep["used"])
+    tasks = spec.raw.get("export", {}).get("tasks") or [t["name"] for t in spec.tasks]
+    served = model
+    if set(tasks) != {t["name"] for t in spec.tasks}:
+        served = keras.Model(model.inputs, {t: model.get_layer(t).output for t in tasks})
+
+    archive = keras.export.ExportArchive()
+    archive.track(served)
+    for layer in pre.layers.values():
+        archive.track(layer)
+
+    def serve(raw):
+        out = served(pre(raw), training=False)
+        return {name: tf.reshape(out[name], [-1]) for name in tasks}
+
+    archive.add_endpoint(name="serving_default", fn=serve, input_signature=[pre.signature()])
+
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = base / f".tmp-{version}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        archive.write_out(str(tmp), verbose=False)
+        write_warmup(tmp, pre)
+        (tmp / "assets.extra" / "kzoo.json").write_text(json.dumps({
+            "spec": spec.name, "tasks": tasks, "dataset": spec.dataset,
+            "inputs": {f["name"]: pre.signature()[f["name"]].dtype.name for f in pre.raw}}, indent=2))
+        os.rename(tmp, base / str(version))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return base / str(version)
+
+
+def write_warmup(export_dir: Path, pre, rows: int = 4) -> None:
+    """assets.extra/tf_serving_warmup_requests: PredictRequests TF Serving replays at load time."""
+    import tensorflow as tf
+
+    from serving.requests import grpc_request, placeholder_rows
+
+    request = grpc_request(placeholder_rows(pre.signature(), rows), pre.signature())
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    extra = export_dir / "assets.extra"
+    extra.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(extra / WARMUP_FILE)) as writer:
+        log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+        writer.write(log.SerializeToString())

@@ -1,0 +1,62 @@
+"""Spec -> functional keras.Model: dict inputs by feature name, dict outputs by task name.
+
+Blocks are built in topological order from the registry. Errors raised while building a block
+(bad arguments, shape mismatches) are re-raised as SpecError naming that block's JSON path.
+"""
+
+from __future__ import annotations
+
+import keras
+
+import blocks  # noqa: F401  (registers every block family)
+from blocks.registry import get_block
+from kzoo.features import feature_descriptions, model_dtype
+from kzoo.spec import Spec, SpecError, load_spec, topological_order
+
+
+def model_inputs(spec: Spec) -> dict:
+    by_name = {f["name"]: f for f in spec.features}
+    return {n: keras.Input(shape=(1,), dtype=model_dtype(by_name[n]), name=n) for n in spec.used_features()}
+
+
+def build(spec, stats: dict | None = None) -> keras.Model:
+    """A plain keras.Model for `spec`; compile and fit it yourself, or use `kzoo.train`.
+
+    `stats` (from `kzoo.features.fit_stats`) sizes the vocabularies; without it the graph is
+    built with placeholder sizes, which is enough to check shapes.
+    """
+    spec = load_spec(spec)
+    inputs = model_inputs(spec)
+    index = {b["name"]: i for i, b in enumerate(spec.blocks)}
+    tensors: dict[str, object] = {}
+    for b in topological_order(spec):
+        i = index[b["name"]]
+        cls = get_block(b["type"])
+        args = dict(b.get("args", {}))
+        refs = b.get("inputs", [])
+        try:
+            if cls.feature_block:
+                group = refs[0][6:]
+                layer = cls(features=feature_descriptions(spec, stats, group), name=b["name"], **args)
+                x = {n: inputs[n] for n in spec.groups[group]}
+            else:
+                layer = cls(name=b["name"], **args)
+                xs = [tensors[r] for r in refs]
+                x = xs[0] if len(xs) == 1 else xs
+            tensors[b["name"]] = layer(x)
+        except (ValueError, TypeError) as e:
+            raise SpecError([(f"blocks[{i}]", f"{b['type']} '{b['name']}': {e}")], spec.source) from None
+    outputs = {}
+    for t in spec.tasks:
+        x = tensors[t["input"]]
+        if len(x.shape) > 2:
+            x = keras.layers.Flatten(name=f"{t['name']}_flatten")(x)
+        logit = keras.layers.Dense(1, name=f"{t['name']}_logit")(x)
+        activation = "sigmoid" if t.get("type", "binary") == "binary" else "linear"
+        outputs[t["name"]] = keras.layers.Activation(activation, dtype="float32", name=t["name"])(logit)
+    return keras.Model(inputs, outputs, name=spec.name)
+
+
+def check_build(spec: Spec) -> None:
+    """Shape-check a spec by building it symbolically (no data, placeholder vocab sizes)."""
+    build(spec, stats=None)

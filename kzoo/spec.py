@@ -1,0 +1,361 @@
+"""Spec parsing: JSON -> JSON Schema -> semantic checks -> Spec.
+
+Every problem is reported with its JSON path (`blocks[2].inputs[0]: ...`), all at once, so a
+user fixes a spec in one pass. Nothing here builds Keras objects; `kzoo.graph.check_build`
+adds the shape checks that need a symbolic build.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import fnmatch
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+
+DATASETS_DIR = Path(__file__).parent / "datasets"
+
+
+class SpecError(ValueError):
+    """One or more problems in a spec, each `(json_path, message)`."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        super().__init__(str(self))
+
+    def __str__(self):
+        prefix = f"{self.source}: " if self.source else ""
+        return "\n".join(f"{prefix}{path}: {msg}" for path, msg in self.problems)
+
+
+def schema() -> dict:
+    return json.loads(resources.files("kzoo").joinpath("schema.json").read_text())
+
+
+def json_path(parts) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(root)"
+
+
+def did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+@dataclass
+class Spec:
+    """A checked spec. `raw` is the JSON with `features` resolved inline."""
+
+    raw: dict
+    source: str | None = None
+    groups: dict[str, list[str]] = field(default_factory=dict)  # group -> feature names, resolved
+
+    @property
+    def name(self) -> str:
+        return self.raw["name"]
+
+    @property
+    def dataset(self) -> dict:
+        return self.raw["features"]
+
+    @property
+    def features(self) -> list[dict]:
+        return self.raw["features"]["features"]
+
+    @property
+    def blocks(self) -> list[dict]:
+        return self.raw["blocks"]
+
+    @property
+    def tasks(self) -> list[dict]:
+        return self.raw["tasks"]
+
+    @property
+    def train(self) -> dict:
+        return self.raw.get("train", {})
+
+    @property
+    def labels(self) -> list[str]:
+        label = self.dataset.get("label", "label")
+        return [label] if isinstance(label, str) else list(label)
+
+    def task_label(self, task: dict) -> str:
+        return task.get("label") or self.labels[0]
+
+    def used_features(self) -> list[str]:
+        """Features read by some group, in schema order (the model's and the export's inputs)."""
+        used = {f for names in self.groups.values() for f in names}
+        return [f["name"] for f in self.features if f["name"] in used]
+
+    def with_dataset(self, dataset: dict) -> "Spec":
+        """The same graph on another dataset schema (e.g. `--data avazu:PATH`)."""
+        raw = copy.deepcopy(self.raw)
+        raw["features"] = copy.deepcopy(dataset)
+        return check(raw, self.source)
+
+    def to_json(self) -> str:
+        return json.dumps(self.raw, indent=2)
+
+
+def load_spec(spec, base_dir: str | Path | None = None) -> Spec:
+    """A Spec from a path, a JSON string or a dict; raises SpecError naming every problem."""
+    if isinstance(spec, Spec):
+        return spec
+    source = None
+    if isinstance(spec, (str, Path)) and not str(spec).lstrip().startswith("{"):
+        path = Path(spec)
+        source = str(spec)
+        if not path.is_file():
+            raise SpecError([("(file)", f"no such spec file: {path}")], source)
+        text = path.read_text()
+        base_dir = base_dir or path.parent
+    else:
+        text = spec if isinstance(spec, str) else None
+    if text is not None:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SpecError([(f"line {e.lineno} column {e.colno}", f"invalid JSON: {e.msg}")], source) from None
+    else:
+        raw = copy.deepcopy(spec)
+    if not isinstance(raw, dict):
+        raise SpecError([("(root)", f"a spec is a JSON object, received {type(raw).__name__}")], source)
+    if isinstance(raw.get("features"), dict) and "$ref" in raw["features"]:
+        raw["features"] = _resolve_ref(raw["features"]["$ref"], base_dir, source)
+    return check(raw, source)
+
+
+def _resolve_ref(ref: str, base_dir, source) -> dict:
+    """A dataset schema file: beside the spec first, then kzoo's bundled `datasets/`."""
+    if not isinstance(ref, str) or not ref.endswith(".json"):
+        raise SpecError([("features.$ref", f"expected a path to a .json dataset schema, received {ref!r}")], source)
+    candidates = [Path(base_dir) / ref] if base_dir else []
+    candidates.append(Path(ref))
+    candidates.append(DATASETS_DIR / Path(ref).name)
+    for c in candidates:
+        if c.is_file():
+            try:
+                return json.loads(c.read_text())
+            except json.JSONDecodeError as e:
+                raise SpecError([("features.$ref", f"{c}: invalid JSON at line {e.lineno}: {e.msg}")], source) from None
+    bundled = sorted(p.name for p in DATASETS_DIR.glob("*.json"))
+    raise SpecError([("features.$ref", f"dataset schema {ref!r} not found beside the spec nor bundled "
+                                       f"(bundled: {', '.join(bundled)})")], source)
+
+
+def _schema_problems(raw: dict) -> list[tuple[str, str]]:
+    validator = jsonschema.Draft202012Validator(schema())
+    problems = []
+    for err in sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path))):
+        # For oneOf/anyOf, the most specific sub-error names the real mistake.
+        best = jsonschema.exceptions.best_match([err]) if err.context else err
+        while best.context:
+            best = jsonschema.exceptions.best_match(best.context)
+        path = json_path(best.absolute_path)
+        msg = best.message
+        if best.validator == "additionalProperties":
+            allowed = best.schema.get("properties", {})
+            extra = [k for k in best.instance if k not in allowed]
+            msg = "; ".join(f"unknown key '{k}'{did_you_mean(k, allowed)}" for k in extra)
+        elif best.validator == "enum":
+            msg = f"{best.instance!r} is not one of {best.validator_value}{did_you_mean(str(best.instance), map(str, best.validator_value))}"
+        problems.append((path, msg))
+    return problems
+
+
+def resolve_group(patterns: list[str], features: list[dict]) -> tuple[list[str], list[int]]:
+    """Feature names matched by a group's patterns (schema order) and the indices of patterns matching none."""
+    names = [f["name"] for f in features]
+    kinds = {f["name"]: f["type"] for f in features}
+    matched, empty = set(), []
+    for i, pattern in enumerate(patterns):
+        if pattern.startswith("type:"):
+            hit = {n for n in names if kinds[n] == pattern[5:]}
+        else:
+            hit = set(fnmatch.filter(names, pattern))
+        if not hit:
+            empty.append(i)
+        matched |= hit
+    return [n for n in names if n in matched], empty
+
+
+def check(raw: dict, source: str | None = None) -> Spec:
+    problems = _schema_problems(raw)
+    if problems:
+        raise SpecError(problems, source)
+    problems = []
+    add = lambda path, msg: problems.append((path, msg))  # noqa: E731
+
+    features = raw["features"]["features"]
+    seen: dict[str, int] = {}
+    for i, f in enumerate(features):
+        if f["name"] in seen:
+            add(f"features.features[{i}].name", f"duplicate feature '{f['name']}' (also features[{seen[f['name']]}])")
+        seen[f["name"]] = i
+        modes = [k for k in ("vocab", "hash_buckets", "max_id") if k in f]
+        if f["type"] == "categorical" and len(modes) > 1:
+            add(f"features.features[{i}]", f"categorical feature '{f['name']}' sets {modes}; choose one of vocab, hash_buckets, max_id")
+        if f["type"] == "numeric" and modes:
+            add(f"features.features[{i}].{modes[0]}", f"'{modes[0]}' applies to categorical features; '{f['name']}' is numeric")
+        if f["type"] == "cross":
+            if "hash_buckets" not in f:
+                add(f"features.features[{i}]", f"cross feature '{f['name']}' needs 'hash_buckets'")
+            for j, col in enumerate(f.get("columns", [])):
+                ftype = next((g["type"] for g in features if g["name"] == col), None)
+                if ftype != "categorical":
+                    add(f"features.features[{i}].columns[{j}]",
+                        f"'{col}' is not a categorical feature{did_you_mean(col, [g['name'] for g in features if g['type'] == 'categorical'])}")
+    labels = raw["features"].get("label", "label")
+    labels = [labels] if isinstance(labels, str) else labels
+    for label in labels:
+        if label in seen:
+            add("features.label", f"label '{label}' is also a feature")
+
+    groups: dict[str, list[str]] = {}
+    for gname, patterns in raw.get("groups", {}).items():
+        names, empty = resolve_group(patterns, features)
+        for i in empty:
+            add(f"groups.{gname}[{i}]", f"pattern '{patterns[i]}' matches no feature"
+                                        f"{did_you_mean(patterns[i], seen)}; use a name, a glob like 'C*', or type:numeric/type:categorical/type:cross")
+        groups[gname] = names
+
+    from blocks.registry import _REGISTRY, constructor_args, unknown_type_message
+
+    block_names: dict[str, int] = {}
+    for i, b in enumerate(raw["blocks"]):
+        if b["name"] in block_names:
+            add(f"blocks[{i}].name", f"duplicate block name '{b['name']}' (also blocks[{block_names[b['name']]}])")
+        elif b["name"] in groups:
+            add(f"blocks[{i}].name", f"block name '{b['name']}' is also a group name; rename one")
+        block_names.setdefault(b["name"], i)
+
+    edges: dict[str, list[str]] = {}
+    for i, b in enumerate(raw["blocks"]):
+        cls = _REGISTRY.get(b["type"])
+        if cls is None:
+            add(f"blocks[{i}].type", unknown_type_message(b["type"]))
+        inputs = b.get("inputs", [])
+        edges[b["name"]] = [x for x in inputs if not x.startswith("group:")]
+        for j, ref in enumerate(inputs):
+            if ref.startswith("group:"):
+                g = ref[6:]
+                if g not in groups:
+                    add(f"blocks[{i}].inputs[{j}]", f"'{g}' is not a group{did_you_mean(g, groups)}; groups: {sorted(groups)}")
+                elif cls is not None and not cls.feature_block:
+                    add(f"blocks[{i}].inputs[{j}]", f"{b['type']} reads block outputs, not a feature group; "
+                                                    "put a FeatureEmbedding block between")
+            elif ref not in block_names:
+                hint = did_you_mean(ref, list(block_names) + [f"group:{g}" for g in groups])
+                add(f"blocks[{i}].inputs[{j}]", f"'{ref}' is not a block or group{hint}")
+            elif ref == b["name"]:
+                add(f"blocks[{i}].inputs[{j}]", f"block '{ref}' reads itself")
+            elif cls is not None and cls.feature_block:
+                add(f"blocks[{i}].inputs[{j}]", f"{b['type']} reads a feature group ('group:NAME'), not block '{ref}'")
+        if cls is None:
+            continue
+        lo, hi = cls.arity
+        n = len(inputs) if not cls.feature_block else (1 if inputs else 0)
+        if cls.feature_block and len(inputs) != 1:
+            add(f"blocks[{i}].inputs", f"{b['type']} takes exactly one 'group:NAME' input, received {len(inputs)}")
+        elif not cls.feature_block and (n < lo or (hi is not None and n > hi)):
+            want = f"{lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
+            add(f"blocks[{i}].inputs", f"{b['type']} takes {want} input(s), received {n}")
+        allowed = constructor_args(cls) - ({"features"} if cls.feature_block else set())
+        for arg in b.get("args", {}):
+            if arg not in allowed:
+                add(f"blocks[{i}].args.{arg}", f"{b['type']} has no argument '{arg}'{did_you_mean(arg, allowed)}; "
+                                               f"it takes {sorted(allowed)}")
+
+    task_names: dict[str, int] = {}
+    for i, t in enumerate(raw["tasks"]):
+        if t["name"] in task_names:
+            add(f"tasks[{i}].name", f"duplicate task name '{t['name']}'")
+        task_names[t["name"]] = i
+        if t["input"] not in block_names:
+            add(f"tasks[{i}].input", f"'{t['input']}' is not a block{did_you_mean(t['input'], block_names)}")
+        if t.get("label") and t["label"] not in labels:
+            add(f"tasks[{i}].label", f"'{t['label']}' is not a label column of the dataset (labels: {labels})")
+    for i, name in enumerate(raw.get("export", {}).get("tasks", [])):
+        if name not in task_names:
+            add(f"export.tasks[{i}]", f"'{name}' is not a task{did_you_mean(name, task_names)}")
+
+    cycle = _find_cycle(edges)
+    if cycle:
+        add(f"blocks[{block_names[cycle[0]]}].inputs", f"cycle: {' -> '.join(cycle)}")
+    elif not problems:
+        used = _reachable([t["input"] for t in raw["tasks"]], edges)
+        for i, b in enumerate(raw["blocks"]):
+            if b["name"] not in used:
+                add(f"blocks[{i}]", f"block '{b['name']}' is not used by any task or block; remove it or wire it in")
+        read_groups = {x[6:] for b in raw["blocks"] for x in b.get("inputs", []) if x.startswith("group:")}
+        for g in groups:
+            if g not in read_groups:
+                add(f"groups.{g}", f"group '{g}' is read by no block")
+    if problems:
+        raise SpecError(problems, source)
+    read = {x[6:] for b in raw["blocks"] if b["name"] in _reachable([t["input"] for t in raw["tasks"]], edges)
+            for x in b.get("inputs", []) if x.startswith("group:")}
+    return Spec(raw=raw, source=source, groups={g: groups[g] for g in groups if g in read})
+
+
+def _reachable(roots: list[str], edges: dict[str, list[str]]) -> set[str]:
+    seen, stack = set(), list(roots)
+    while stack:
+        n = stack.pop()
+        if n in seen or n not in edges:
+            continue
+        seen.add(n)
+        stack.extend(edges[n])
+    return seen
+
+
+def _find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(n):
+        state[n] = 1
+        path.append(n)
+        for m in edges.get(n, []):
+            if state.get(m) == 1:
+                return path[path.index(m):] + [m]
+            if m in edges and not state.get(m):
+                found = visit(m)
+                if found:
+                    return found
+        state[n] = 2
+        path.pop()
+        return None
+
+    for n in edges:
+        if not state.get(n):
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def topological_order(spec: Spec) -> list[dict]:
+    """Blocks in dependency order (inputs first), stable w.r.t. spec order."""
+    done, order = set(), []
+    by_name = {b["name"]: b for b in spec.blocks}
+
+    def visit(b):
+        if b["name"] in done:
+            return
+        for ref in b.get("inputs", []):
+            if not ref.startswith("group:"):
+                visit(by_name[ref])
+        done.add(b["name"])
+        order.append(b)
+
+    for b in spec.blocks:
+        visit(b)
+    return order

@@ -1,0 +1,74 @@
+"""Build TF Serving Predict requests from raw feature rows, with the signature's dtypes.
+
+The dtypes are declared on purpose: TF Serving rejects an int64 tensor against an int32
+input, and JSON numbers carry no dtype, so every value is cast to what the SavedModel's
+`serving_default` declares before it is sent.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_NP = {"float32": np.float32, "float64": np.float64, "int32": np.int32, "int64": np.int64, "string": object}
+
+
+def _dtype_name(spec) -> str:
+    return spec.dtype.name if hasattr(spec, "dtype") else str(spec)
+
+
+def columns(rows, signature: dict) -> dict[str, np.ndarray]:
+    """Rows (list of dicts, a DataFrame, or a dict of columns) -> typed NumPy columns per input."""
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):
+        rows = {c: rows[c].to_numpy() for c in rows.columns}
+    if isinstance(rows, list):
+        missing = sorted({k for k in signature if any(k not in r for r in rows)})
+        if missing:
+            raise ValueError(f"rows lack inputs {missing}; the model takes {sorted(signature)}")
+        rows = {k: [r[k] for r in rows] for k in signature}
+    out = {}
+    for name, spec in signature.items():
+        if name not in rows:
+            raise ValueError(f"input '{name}' is missing; the model takes {sorted(signature)}")
+        dtype = _dtype_name(spec)
+        values = np.asarray(rows[name])
+        if dtype == "string":
+            out[name] = np.array([v.decode() if isinstance(v, bytes) else ("" if v is None else str(v))
+                                  for v in values.tolist()], dtype=object)
+        elif dtype.startswith("float"):
+            out[name] = np.array([np.nan if v is None or v == "" else v for v in values.tolist()], dtype=_NP[dtype])
+        else:
+            out[name] = values.astype(_NP[dtype])
+    return out
+
+
+def placeholder_rows(signature: dict, n: int) -> dict[str, np.ndarray]:
+    """n neutral rows (0.0, 0, empty strings), e.g. for warmup requests."""
+    return columns({k: [0 if _dtype_name(s) != "string" else "" for _ in range(n)] for k, s in signature.items()},
+                   signature)
+
+
+def grpc_request(rows, signature: dict, model_name: str = "kzoo", signature_name: str = "serving_default"):
+    """A tensorflow_serving.apis.predict_pb2.PredictRequest holding the rows as typed tensors."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature_name
+    for name, values in columns(rows, signature).items():
+        dtype = _dtype_name(signature[name])
+        tensor = tf.make_tensor_proto(values.tolist() if dtype == "string" else values,
+                                      dtype=getattr(tf, dtype), shape=[len(values)])
+        request.inputs[name].CopyFrom(tensor)
+    return request
+
+
+def rest_body(rows, signature: dict, columnar: bool = True) -> dict:
+    """A TF Serving REST predict body: columnar {"inputs": {...}} or row {"instances": [...]}."""
+    # A missing numeric stays NaN: TF Serving's JSON parser accepts the NaN literal, and the
+    # exported preprocessing fills it exactly as training did.
+    cols = {k: v.tolist() for k, v in columns(rows, signature).items()}
+    if columnar:
+        return {"signature_name": "serving_default", "inputs": cols}
+    n = len(next(iter(cols.values())))
+    return {"signature_name": "serving_default", "instances": [{k: v[i] for k, v in cols.items()} for i in range(n)]}
