@@ -36,12 +36,18 @@ class FeatureEmbedding(Block):
     A categorical feature with id i gives row i of its table E_f; features declaring the
     same `embedding` name share one table. A numeric feature with value x gives x * v_f
     (one learned vector per numeric feature), as in DeepFM / AutoInt / FuxiCTR.
+    Fields come out in the group's (schema) order.
+
+    All tables live in one variable with a row offset per table, so a batch is one gather
+    (as TorchRec's fused tables): far fewer ops for XLA to compile and run than one
+    lookup per feature.
 
     Args:
         dim: int. Embedding size.
         features: list of dict. Filled in by the graph builder from the feature group:
             `{"name", "kind": "numeric"|"categorical", "vocab_size", "table"}`.
-        l2: float. L2 penalty on the rows looked up in each batch. Defaults to `0.0`.
+        l2: float. L2 penalty on the rows looked up in each batch (mean over the batch).
+            Defaults to `0.0`.
         initializer_scale: float. Std of the normal initialiser. Defaults to `0.05`.
 
     Example:
@@ -65,36 +71,50 @@ class FeatureEmbedding(Block):
         self.initializer_scale = float(initializer_scale)
         if features is not None:
             _check_features(self.features)
-        self.embedding_tables: dict[str, keras.layers.Embedding] = {}
+        # Row offset of each table in the fused variable, in first-use order.
+        self.offsets: dict[str, int] = {}
+        rows = 0
+        for name, size in _tables(self.features).items():
+            self.offsets[name] = rows
+            rows += size
+        self.total_rows = rows
+        self.categorical = [f for f in self.features if f["kind"] != "numeric"]
+        self.numeric = [f for f in self.features if f["kind"] == "numeric"]
+        # Position of each feature among [categoricals..., numerics...], to restore schema order.
+        order = self.categorical + self.numeric
+        self.permutation = [order.index(f) for f in self.features]
 
     def build(self, input_shape=None):
         init = keras.initializers.RandomNormal(stddev=self.initializer_scale)
-        for name, rows in _tables(self.features).items():
-            layer = keras.layers.Embedding(rows, self.dim, embeddings_initializer=init, name=f"table_{name}")
-            layer.build((None, 1))
-            self.embedding_tables[name] = layer
-        n_numeric = sum(f["kind"] == "numeric" for f in self.features)
-        self.numeric_kernel = (
-            self.add_weight(name="numeric_kernel", shape=(n_numeric, self.dim), initializer=init)
-            if n_numeric else None
-        )
+        self.embeddings = (self.add_weight(name="embeddings", shape=(self.total_rows, self.dim), initializer=init)
+                           if self.total_rows else None)
+        self.numeric_kernel = (self.add_weight(name="numeric_kernel", shape=(len(self.numeric), self.dim),
+                                               initializer=init) if self.numeric else None)
         self.built = True
 
+    def table_rows(self, name: str):
+        """Rows of table `name` (a feature name, or a shared `embedding` name) as a tensor."""
+        start = self.offsets[name]
+        return self.embeddings[start:start + _tables(self.features)[name]]
+
     def call(self, inputs):
-        columns, numeric_index = [], 0
-        for f in self.features:
-            x = inputs[f["name"]]
-            if f["kind"] == "numeric":
-                v = ops.cast(ops.reshape(x, (-1, 1)), self.compute_dtype) * self.numeric_kernel[numeric_index]
-                numeric_index += 1
-            else:
-                table = self.embedding_tables[f.get("table") or f["name"]]
-                ids = ops.cast(ops.reshape(x, (-1,)), "int32")
-                v = table(ids)
-                if self.l2:
-                    self.add_loss(self.l2 * ops.sum(ops.square(v)) / ops.cast(ops.shape(v)[0], v.dtype))
-            columns.append(v)
-        return ops.stack(columns, axis=1)
+        parts = []
+        if self.categorical:
+            ids = ops.concatenate(
+                [ops.cast(ops.reshape(inputs[f["name"]], (-1, 1)), "int32") + self.offsets[f.get("table") or f["name"]]
+                 for f in self.categorical], axis=1)
+            looked_up = ops.take(self.embeddings, ids, axis=0)
+            if self.l2:
+                self.add_loss(self.l2 * ops.sum(ops.square(looked_up)) / ops.cast(ops.shape(ids)[0], looked_up.dtype))
+            parts.append(looked_up)
+        if self.numeric:
+            x = ops.concatenate([ops.cast(ops.reshape(inputs[f["name"]], (-1, 1)), self.compute_dtype)
+                                 for f in self.numeric], axis=1)
+            parts.append(ops.expand_dims(x, -1) * self.numeric_kernel)
+        out = parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=1)
+        if self.permutation != sorted(self.permutation):
+            out = ops.take(out, self.permutation, axis=1)
+        return out
 
     def compute_output_shape(self, input_shape):
         return (None, len(self.features), self.dim)

@@ -79,6 +79,13 @@ class CrossNetV2(Block):
             width *= d
         for cross in self.crosses:
             cross.build((input_shape[0], width))
+            # keras-rs 0.4's FeatureCross.build creates its Dense sublayers without building
+            # them; a reloaded model never traces `call`, so build them here.
+            if self.low_rank is not None:
+                cross.down_proj_dense.build((None, width))
+                cross.dense.build((None, self.low_rank))
+            else:
+                cross.dense.build((None, width))
 
     def call(self, inputs):
         x0 = flatten_2d(inputs)
