@@ -81,6 +81,7 @@ class CIN(Block):
         self.kernels, self.biases = [], []
         rows = fields
         for k, size in enumerate(self.layer_sizes):
+            # Row h·m + i of kernel k is W^{k,:}_{h,i}, matching the (h, i) reshape in `call`.
             self.kernels.append(self.add_weight(name=f"kernel_{k}", shape=(rows * fields, size),
                                                 initializer="glorot_uniform"))
             self.biases.append(self.add_weight(name=f"bias_{k}", shape=(size,), initializer="zeros"))

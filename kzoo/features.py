@@ -119,6 +119,7 @@ class Preprocessor:
                 self.layers[f["name"]] = keras.layers.StringLookup(
                     vocabulary=stats[f["name"]]["vocab"] or ["<empty>"], num_oov_indices=OOV, mask_token=None,
                     name=f"lookup_{f['name']}")
+            self.layers[f["name"]].build((None,))  # ExportArchive only tracks built layers
 
     def __call__(self, raw: dict) -> dict:
         tf = self.tf

@@ -11,7 +11,7 @@ import pytest
 
 import blocks
 from blocks.ranking import CIN, CrossNet, MaskBlock, MaskNet, WuKong, WuKongLayer
-from tests.layer_test import run_layer_test
+from layer_test import run_layer_test  # tests/ is on sys.path (rootdir conftest, no __init__.py)
 
 B, M, D = 3, 4, 2  # batch, fields, embedding dim of the small numeric cases
 LN_EPS = 1e-5
