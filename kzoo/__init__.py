@@ -24,18 +24,18 @@ def build(spec, stats=None):
 
 
 def train(spec, data="synthetic", out=None, **kwargs):
-    from kzoo.train import train as _train
+    from kzoo.trainer import train as _train
 
     return _train(spec, data, out, **kwargs)
 
 
 def evaluate(run, data=None):
-    from kzoo.train import evaluate as _evaluate
+    from kzoo.trainer import evaluate as _evaluate
 
     return _evaluate(run, data)
 
 
 def export(run, base, version=None):
-    from kzoo.export import export as _export
+    from kzoo.exporter import export as _export
 
     return _export(run, base, version)

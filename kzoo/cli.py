@@ -55,14 +55,14 @@ def cmd_list(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from kzoo.train import train
+    from kzoo.trainer import train
 
     out = Path(args.out or Path("runs") / Path(args.spec).stem)
     metrics = train(args.spec, args.data, out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
     _print_metrics(metrics)
     print(f"run: {out}  (model.keras, metrics.json, history.csv, curves.png)")
     if args.export:
-        from kzoo.export import export
+        from kzoo.exporter import export
 
         path = export(out, args.export)
         print(f"export: {path}  (SavedModel; serving_default takes the raw feature columns)")
@@ -78,7 +78,7 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from kzoo.train import evaluate
+    from kzoo.trainer import evaluate
 
     metrics = evaluate(args.run, args.data)
     _print_metrics(metrics)
@@ -90,7 +90,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from kzoo.export import export
+    from kzoo.exporter import export
 
     path = export(args.run, args.out, args.version)
     print(f"export: {path}")

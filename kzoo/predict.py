@@ -14,7 +14,7 @@ def predict(target, data) -> pd.DataFrame:
     if (target / "saved_model.pb").is_file():
         return predict_saved_model(target, data)
     from kzoo.features import Preprocessor
-    from kzoo.train import load_run, predict_frame, prepare_data
+    from kzoo.trainer import load_run, predict_frame, prepare_data
 
     spec, prep, model = load_run(target)
     spec, frame = prepare_data(spec, data)

@@ -142,7 +142,7 @@ def train(spec, data="synthetic", out=None, *, epochs=None, batch_size=None, see
         callbacks.append(_FailAfterEpoch(fail_after_epoch))
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=verbose)
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
 
     model.save(out / "model.keras")
     result = evaluate_frame(model, spec, pre, test_df, batch_size)

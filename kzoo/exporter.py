@@ -50,7 +50,7 @@ def _export_tf(run: Path, base: Path, version: int) -> Path:
     import tensorflow as tf
 
     from kzoo.features import Preprocessor
-    from kzoo.train import load_run
+    from kzoo.trainer import load_run
 
     spec, prep, model = load_run(run)
     pre = Preprocessor(spec.features, prep["stats"], prep["used"])
