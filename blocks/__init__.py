@@ -5,4 +5,4 @@ Importing this package registers every block family; `blocks.registry` resolves 
 
 from blocks.registry import block_types, get_block, register_block  # noqa: F401
 from blocks import core, interaction  # noqa: F401  (registration side effect)
-from blocks import ranking  # noqa: F401
+from blocks import distill, ranking  # noqa: F401

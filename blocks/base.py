@@ -38,7 +38,10 @@ class Block(keras.layers.Layer):
     `arity` is (min, max) number of inputs the spec may wire in (max None = any);
     `feature_block` marks blocks that read a feature group (`group:NAME`) and receive
     the feature descriptions from the graph builder as their `features` argument.
+    `loss_only` marks blocks that return their last input unchanged and only add a loss
+    (distillation); the serving graph leaves them out.
     """
 
     arity: tuple[int, int | None] = (1, 1)
     feature_block: bool = False
+    loss_only: bool = False  # adds a training loss; skipped (student input passed on) when exported

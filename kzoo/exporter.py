@@ -50,14 +50,13 @@ def _export_tf(run: Path, base: Path, version: int) -> Path:
     import tensorflow as tf
 
     from kzoo.features import Preprocessor
+    from kzoo.graph import serving_model
     from kzoo.trainer import load_run
 
     spec, prep, model = load_run(run)
-    pre = Preprocessor(spec.features, prep["stats"], prep["used"])
     tasks = spec.raw.get("export", {}).get("tasks") or [t["name"] for t in spec.tasks]
-    served = model
-    if set(tasks) != {t["name"] for t in spec.tasks}:
-        served = keras.Model(model.inputs, {t: model.get_layer(t).output for t in tasks})
+    served, used = serving_model(spec, model, tasks)
+    pre = Preprocessor(spec.features, prep["stats"], used)
 
     archive = keras.export.ExportArchive()
     archive.track(served)
@@ -78,7 +77,8 @@ def _export_tf(run: Path, base: Path, version: int) -> Path:
         write_warmup(tmp, pre)
         (tmp / "assets.extra" / "kzoo.json").write_text(json.dumps({
             "spec": spec.name, "tasks": tasks, "dataset": spec.dataset,
-            "inputs": {f["name"]: pre.signature()[f["name"]].dtype.name for f in pre.raw}}, indent=2))
+            "inputs": {f["name"]: pre.signature()[f["name"]].dtype.name for f in pre.raw},
+            "params": {"served": served.count_params(), "trained": model.count_params()}}, indent=2))
         os.rename(tmp, base / str(version))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -50,13 +50,59 @@ def build(spec, stats: dict | None = None) -> keras.Model:
     for t in spec.tasks:
         x = tensors[t["input"]]
         if len(x.shape) > 2:
-            x = keras.layers.Flatten(name=f"{t['name']}_flatten")(x)
-        logit = keras.layers.Dense(1, name=f"{t['name']}_logit")(x)
+            x = keras.layers.Flatten(name=f"task_{t['name']}_flatten")(x)
+        logit = keras.layers.Dense(1, name=f"task_{t['name']}_logit")(x)
         activation = "sigmoid" if t.get("type", "binary") == "binary" else "linear"
-        outputs[t["name"]] = keras.layers.Activation(activation, dtype="float32", name=t["name"])(logit)
-    return keras.Model(inputs, outputs, name=spec.name)
+        outputs[t["name"]] = keras.layers.Activation(activation, dtype="float32", name=f"task_{t['name']}")(logit)
+    try:
+        return keras.Model(inputs, outputs, name=spec.name)
+    except ValueError as e:
+        raise SpecError([("blocks", f"the graph does not form a model: {e}")], spec.source) from None
 
 
 def check_build(spec: Spec) -> None:
     """Shape-check a spec by building it symbolically (no data, placeholder vocab sizes)."""
     build(spec, stats=None)
+
+
+def serving_model(spec: Spec, model: keras.Model, tasks: list[str]) -> tuple[keras.Model, list[str]]:
+    """The inference graph of `tasks`, reusing the trained layers of `model`.
+
+    Loss-only blocks (distillation) are left out, passing their student input on, and only
+    blocks the exported tasks reach are kept: a Rocket Launching light net is exported
+    without its booster. Returns the model and the features it reads.
+    """
+    by_name = {b["name"]: b for b in spec.blocks}
+    inputs = model_inputs(spec)
+    tensors: dict[str, object] = {}
+    read: set[str] = set()
+
+    def tensor(name):
+        if name in tensors:
+            return tensors[name]
+        b = by_name[name]
+        cls = get_block(b["type"])
+        refs = b.get("inputs", [])
+        if cls.loss_only:
+            out = tensor(refs[-1])
+        elif cls.feature_block:
+            group = spec.groups[refs[0][6:]]
+            read.update(group)
+            out = model.get_layer(name)({n: inputs[n] for n in group})
+        else:
+            xs = [tensor(r) for r in refs]
+            out = model.get_layer(name)(xs[0] if len(xs) == 1 else xs)
+        tensors[name] = out
+        return out
+
+    outputs = {}
+    for t in spec.tasks:
+        if t["name"] not in tasks:
+            continue
+        x = tensor(t["input"])
+        if len(x.shape) > 2:
+            x = model.get_layer(f"task_{t['name']}_flatten")(x)
+        head = model.get_layer(f"task_{t['name']}_logit")
+        outputs[t["name"]] = model.get_layer(f"task_{t['name']}")(head(x))
+    used = [n for n in spec.used_features() if n in read]
+    return keras.Model({n: inputs[n] for n in used}, outputs, name=f"{spec.name}_serving"), used

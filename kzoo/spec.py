@@ -67,7 +67,8 @@ class Spec:
 
     @property
     def features(self) -> list[dict]:
-        return self.raw["features"]["features"]
+        """The dataset's features plus the spec's hashed crosses."""
+        return all_features(self.raw)
 
     @property
     def blocks(self) -> list[dict]:
@@ -150,6 +151,15 @@ def _resolve_ref(ref: str, base_dir, source) -> dict:
                                        f"(bundled: {', '.join(bundled)})")], source)
 
 
+def all_features(raw: dict) -> list[dict]:
+    return raw["features"]["features"] + [{**c, "type": "cross"} for c in raw.get("crosses", [])]
+
+
+def _feature_path(raw: dict, i: int) -> str:
+    n = len(raw["features"]["features"])
+    return f"features.features[{i}]" if i < n else f"crosses[{i - n}]"
+
+
 def _schema_problems(raw: dict) -> list[tuple[str, str]]:
     validator = jsonschema.Draft202012Validator(schema())
     problems = []
@@ -193,24 +203,25 @@ def check(raw: dict, source: str | None = None) -> Spec:
     problems = []
     add = lambda path, msg: problems.append((path, msg))  # noqa: E731
 
-    features = raw["features"]["features"]
+    features = all_features(raw)
     seen: dict[str, int] = {}
     for i, f in enumerate(features):
+        where = _feature_path(raw, i)
         if f["name"] in seen:
-            add(f"features.features[{i}].name", f"duplicate feature '{f['name']}' (also features[{seen[f['name']]}])")
+            add(f"{where}.name", f"duplicate feature '{f['name']}' (also {_feature_path(raw, seen[f['name']])})")
         seen[f["name"]] = i
         modes = [k for k in ("vocab", "hash_buckets", "max_id") if k in f]
         if f["type"] == "categorical" and len(modes) > 1:
-            add(f"features.features[{i}]", f"categorical feature '{f['name']}' sets {modes}; choose one of vocab, hash_buckets, max_id")
+            add(where, f"categorical feature '{f['name']}' sets {modes}; choose one of vocab, hash_buckets, max_id")
         if f["type"] == "numeric" and modes:
-            add(f"features.features[{i}].{modes[0]}", f"'{modes[0]}' applies to categorical features; '{f['name']}' is numeric")
+            add(f"{where}.{modes[0]}", f"'{modes[0]}' applies to categorical features; '{f['name']}' is numeric")
         if f["type"] == "cross":
             if "hash_buckets" not in f:
-                add(f"features.features[{i}]", f"cross feature '{f['name']}' needs 'hash_buckets'")
+                add(where, f"cross feature '{f['name']}' needs 'hash_buckets'")
             for j, col in enumerate(f.get("columns", [])):
                 ftype = next((g["type"] for g in features if g["name"] == col), None)
                 if ftype != "categorical":
-                    add(f"features.features[{i}].columns[{j}]",
+                    add(f"{where}.columns[{j}]",
                         f"'{col}' is not a categorical feature{did_you_mean(col, [g['name'] for g in features if g['type'] == 'categorical'])}")
     labels = raw["features"].get("label", "label")
     labels = [labels] if isinstance(labels, str) else labels

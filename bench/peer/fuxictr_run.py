@@ -1,0 +1,357 @@
+"""Train FuxiCTR's DCNv2 or DeepFM on kzoo's own split and report test AUC, logloss and speed.
+
+Runs INSIDE the peer venv (bench/peer/.venv, made by bench/peer/setup.sh); it imports no kzoo
+module, so that venv needs neither TensorFlow nor JAX. Inputs are the already-split raw frames
+that the kzoo side wrote (label + features; categoricals as text, numerics as floats, empty =
+missing) and kzoo's dataset schema JSON (kzoo/datasets/criteo.json format).
+
+What runs is FuxiCTR's: FeatureProcessor + build_dataset (polars -> Ray -> parquet),
+RankDataLoader/ParquetDataLoader, BaseModel's fit/train_step (Adam, BCE, its grad clipping),
+FeatureEmbedding, MLP_Block, CrossNetV2 (or CrossNetMix), FactorizationMachine. The PyPI
+package ships no model classes (DCNv2/DeepFM live in the FuxiCTR repository's model_zoo/, which
+is not published on PyPI), so the two thin model classes below are written here on top of
+those building blocks, following the model zoo's structure; "notes" in the output says so.
+
+Example:
+    bench/peer/.venv/bin/python bench/peer/fuxictr_run.py --train /tmp/peer/train.csv \
+        --valid /tmp/peer/valid.csv --test /tmp/peer/test.csv --schema kzoo/datasets/criteo.json \
+        --model DCNv2 --out /tmp/peer/dcnv2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train", required=True, help="train split CSV written by the kzoo side")
+    p.add_argument("--valid", required=True, help="validation split CSV")
+    p.add_argument("--test", required=True, help="test split CSV")
+    p.add_argument("--schema", required=True, help="kzoo dataset schema JSON (kzoo/datasets/*.json)")
+    p.add_argument("--model", required=True, choices=["DCNv2", "DeepFM"])
+    p.add_argument("--embedding-dim", type=int, default=16)
+    p.add_argument("--mlp", default="256,128", help="hidden units, comma separated")
+    p.add_argument("--cross-layers", type=int, default=3, help="DCNv2 cross layers")
+    p.add_argument("--low-rank", type=int, default=32,
+                   help="DCNv2 rank; used only with --cross-net mix (FuxiCTR's CrossNetV2 is full rank)")
+    p.add_argument("--cross-net", choices=["v2", "mix"], default="v2",
+                   help="v2: FuxiCTR CrossNetV2 (full-rank W, x0*(Wx+b)+x, FuxiCTR's DCNv2 default); "
+                        "mix: CrossNetMix with one expert and --low-rank (FuxiCTR's only low-rank "
+                        "cross; adds tanh and an r x r matrix between U and V)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=0.003)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--missing-as-oov", action="store_true",
+                   help="FuxiCTR's native handling of a missing categorical (shares the OOV id); "
+                        "default: missing is a token of its own, as in kzoo")
+    p.add_argument("--work-dir", default=None,
+                   help="where FuxiCTR writes its parquet/feature map/checkpoint (default: a temp dir, removed)")
+    p.add_argument("--verbose", action="store_true", help="FuxiCTR's INFO logging on stderr")
+    p.add_argument("--out", required=True, help="result JSON path")
+    return p.parse_args(argv)
+
+
+MISSING_TOKEN = "__kzoo_missing__"
+
+
+def feature_cols_from_schema(schema: dict, missing_as_oov: bool) -> tuple[list, dict, list[str]]:
+    """kzoo dataset schema -> FuxiCTR feature_cols, label_col, and notes on the mapping."""
+    notes = []
+    cols = []
+    for f in schema["features"]:
+        name, kind = f["name"], f.get("type")
+        if kind == "numeric":
+            norm = f.get("norm", "none")
+            col = {"name": name, "active": True, "dtype": "float", "type": "numeric",
+                   "fill_na": float(f.get("fill", 0.0))}
+            if norm in ("log", "log_standard"):
+                col["preprocess"] = "signed_log1p"
+            if norm in ("standard", "log_standard"):
+                col["normalizer"] = "StandardScaler"
+            if norm not in ("none", "log", "standard", "log_standard"):
+                raise SystemExit(f"feature {name!r}: norm {norm!r} has no FuxiCTR mapping here")
+            cols.append(col)
+        elif kind == "categorical":
+            if any(k in f for k in ("hash_buckets", "max_id", "embedding")) or "max_size" in f.get("vocab", {}):
+                raise SystemExit(f"feature {name!r}: only vocab/min_count categoricals are mapped "
+                                 f"(hash_buckets/max_id/shared embedding/max_size are not)")
+            col = {"name": name, "active": True, "dtype": "str", "type": "categorical",
+                   "min_categr_count": int(f.get("vocab", {}).get("min_count", 1)), "fill_na": ""}
+            if not missing_as_oov:
+                col["preprocess"] = "missing_token"
+            cols.append(col)
+        else:
+            raise SystemExit(f"feature {name!r}: type {kind!r} is not mapped (numeric and categorical only)")
+    label = schema["label"]
+    if not isinstance(label, str):
+        if len(label) != 1:
+            raise SystemExit("one binary label only")
+        label = label[0]
+    if any(c["type"] == "numeric" and c.get("preprocess") for c in cols):
+        notes.append("numeric: FuxiCTR fill_na=<schema fill>, then sign(x)*log1p|x| as a FuxiCTR "
+                     "'preprocess' hook (a polars expression on a FeatureProcessor subclass; FuxiCTR's "
+                     "Normalizer has no log), then FuxiCTR's StandardScaler fitted on train stats "
+                     "(ddof=0) -- the same order and statistics as kzoo's log_standard")
+    if not missing_as_oov:
+        notes.append("categorical: a missing value is its own vocabulary token (kzoo's behaviour) via a "
+                     "'preprocess' hook; FuxiCTR natively folds missing into the OOV id")
+    notes.append("categorical: min_categr_count = kzoo vocab.min_count, vocab fitted on train only, "
+                 "ids by (-count, value) like kzoo; FuxiCTR keeps a padding row 0 and OOV last "
+                 "(+1 unused row per field vs kzoo)")
+    return cols, {"name": label, "dtype": "float"}, notes
+
+
+def metrics(y, p):
+    y = np.asarray(y, np.float64)
+    p = np.asarray(p, np.float64)
+    try:
+        from sklearn.metrics import log_loss, roc_auc_score
+        return float(roc_auc_score(y, p)), float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1]))
+    except ImportError:  # numpy fallback: rank AUC with ties averaged
+        order = np.argsort(p, kind="mergesort")
+        ranks = np.empty(len(p))
+        sp = p[order]
+        i = 0
+        while i < len(sp):
+            j = i
+            while j + 1 < len(sp) and sp[j + 1] == sp[i]:
+                j += 1
+            ranks[order[i:j + 1]] = (i + j) / 2 + 1
+            i = j + 1
+        pos = y == 1
+        n1, n0 = pos.sum(), (~pos).sum()
+        auc = (ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)
+        q = np.clip(p, 1e-7, 1 - 1e-7)
+        return float(auc), float(-np.mean(y * np.log(q) + (1 - y) * np.log1p(-q)))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    import polars as pl
+    import ray
+    import torch
+    from torch import nn
+
+    import fuxictr
+    from fuxictr.features import FeatureMap
+    from fuxictr.preprocess import FeatureProcessor, build_dataset
+    from fuxictr.pytorch.dataloaders import RankDataLoader
+    from fuxictr.pytorch.dataloaders.parquet_dataloader import ParquetDataLoader
+    from fuxictr.pytorch.layers import CrossNetMix, CrossNetV2, FactorizationMachine, FeatureEmbedding, MLP_Block
+    from fuxictr.pytorch.models import BaseModel
+    from fuxictr.pytorch.torch_utils import seed_everything
+
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    mlp = [int(u) for u in args.mlp.split(",") if u.strip()]
+
+    class KzooFeatureProcessor(FeatureProcessor):
+        """FuxiCTR's FeatureProcessor plus two 'preprocess' hooks (FuxiCTR's extension point)."""
+
+        def signed_log1p(self, col):
+            x = pl.col(col).cast(pl.Float64)
+            return x.sign() * x.abs().log1p()
+
+        def missing_token(self, col):  # runs after fill_na(""): "" -> a real token
+            return pl.when(pl.col(col) == "").then(pl.lit(MISSING_TOKEN)).otherwise(pl.col(col))
+
+    class SeededParquetDataLoader(ParquetDataLoader):
+        """FuxiCTR's ParquetDataLoader with its (otherwise unseeded) Ray shuffle seeded per epoch."""
+
+        def __init__(self, *a, seed=0, **kw):
+            super().__init__(*a, **kw)
+            self._seed, self._epoch = seed, 0
+
+        def __iter__(self):
+            if not self.shuffle:
+                return super().__iter__()
+            dataset = self.dataset.materialize().random_shuffle(seed=self._seed * 1000 + self._epoch)
+            self._epoch += 1
+            return iter(dataset.iter_torch_batches(batch_size=self.batch_size, drop_last=False,
+                                                   prefetch_batches=self.num_workers))
+
+    class DCNv2(BaseModel):
+        """DCN-V2, parallel: cross net and MLP over the flat embeddings, concatenated -> linear."""
+
+        def __init__(self, feature_map, embedding_dim, mlp_units, num_cross_layers, cross_net, low_rank,
+                     learning_rate, **kwargs):
+            super().__init__(feature_map, model_id="DCNv2", **kwargs)
+            self.embedding_layer = FeatureEmbedding(feature_map, embedding_dim)
+            width = feature_map.sum_emb_out_dim()
+            self.crossnet = (CrossNetV2(width, num_cross_layers) if cross_net == "v2" else
+                             CrossNetMix(width, num_cross_layers, low_rank=low_rank, num_experts=1))
+            self.parallel_dnn = MLP_Block(input_dim=width, output_dim=None, hidden_units=mlp_units,
+                                          hidden_activations="ReLU", output_activation=None,
+                                          dropout_rates=0, batch_norm=False)
+            self.fc = nn.Linear(width + mlp_units[-1], 1)
+            self.compile(kwargs["optimizer"], kwargs["loss"], learning_rate)
+            self.reset_parameters()
+            self.model_to_device()
+
+        def forward(self, inputs):
+            X = self.get_inputs(inputs)
+            emb = self.embedding_layer(X, flatten_emb=True)
+            cross = self.crossnet(emb).view(emb.shape[0], -1)
+            out = self.fc(torch.cat([cross, self.parallel_dnn(emb)], dim=-1))
+            return {"y_pred": self.output_activation(out)}
+
+    class DeepFM(BaseModel):
+        """DeepFM: FactorizationMachine (bias + linear + pairwise FM) + MLP logit, shared embeddings."""
+
+        def __init__(self, feature_map, embedding_dim, mlp_units, learning_rate, **kwargs):
+            super().__init__(feature_map, model_id="DeepFM", **kwargs)
+            self.embedding_layer = FeatureEmbedding(feature_map, embedding_dim)
+            self.fm = FactorizationMachine(feature_map)
+            self.mlp = MLP_Block(input_dim=feature_map.sum_emb_out_dim(), output_dim=1, hidden_units=mlp_units,
+                                 hidden_activations="ReLU", output_activation=None,
+                                 dropout_rates=0, batch_norm=False)
+            self.compile(kwargs["optimizer"], kwargs["loss"], learning_rate)
+            self.reset_parameters()
+            self.model_to_device()
+
+        def forward(self, inputs):
+            X = self.get_inputs(inputs)
+            emb = self.embedding_layer(X)
+            logit = self.fm(X, emb) + self.mlp(emb.flatten(start_dim=1))
+            return {"y_pred": self.output_activation(logit)}
+
+    with open(args.schema) as fh:
+        schema = json.load(fh)
+    feature_cols, label_col, notes = feature_cols_from_schema(schema, args.missing_as_oov)
+
+    work = args.work_dir or tempfile.mkdtemp(prefix="fuxictr_peer_")
+    own_work = args.work_dir is None
+    dataset_id = f"kzoo_{schema.get('name', 'data')}"
+    data_dir = os.path.join(work, dataset_id)
+    if os.path.exists(os.path.join(data_dir, "feature_map.json")):
+        shutil.rmtree(data_dir)  # build_dataset silently reuses a stale feature map otherwise
+    try:
+        t0 = time.perf_counter()
+        processor = KzooFeatureProcessor(feature_cols=feature_cols, label_col=label_col,
+                                         dataset_id=dataset_id, data_root=work)
+        train_pq, valid_pq, test_pq = build_dataset(processor, train_data=os.path.abspath(args.train),
+                                                    valid_data=os.path.abspath(args.valid),
+                                                    test_data=os.path.abspath(args.test),
+                                                    data_format="csv")
+        feature_map = FeatureMap(dataset_id, data_dir)
+        feature_map.load(os.path.join(data_dir, "feature_map.json"), {"embedding_dim": args.embedding_dim})
+        prep_seconds = time.perf_counter() - t0
+
+        train_gen, valid_gen, test_gen = RankDataLoader(
+            feature_map, stage="both", train_data=train_pq, valid_data=valid_pq, test_data=test_pq,
+            batch_size=args.batch_size, shuffle=True, data_format="parquet",
+            data_loader=SeededParquetDataLoader, seed=args.seed)
+
+        common = dict(gpu=-1, task="binary_classification", optimizer="adam", loss="binary_crossentropy",
+                      metrics=["logloss", "AUC"], monitor="AUC", monitor_mode="max", verbose=0,
+                      model_root=os.path.join(work, "checkpoints"), embedding_regularizer=None,
+                      net_regularizer=None, early_stop_patience=2, save_best_only=True)
+        if args.model == "DCNv2":
+            model = DCNv2(feature_map, args.embedding_dim, mlp, args.cross_layers, args.cross_net,
+                          args.low_rank, args.lr, **common)
+        else:
+            model = DeepFM(feature_map, args.embedding_dim, mlp, args.lr, **common)
+        params = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+        # Time BaseModel.fit, minus its end-of-epoch validation/checkpointing and final reload.
+        side = {"s": 0.0}
+
+        def timed(fn):
+            def wrapper(*a, **kw):
+                s = time.perf_counter()
+                try:
+                    return fn(*a, **kw)
+                finally:
+                    side["s"] += time.perf_counter() - s
+            return wrapper
+
+        model.eval_step = timed(model.eval_step)
+        model.load_weights = timed(model.load_weights)
+        t0 = time.perf_counter()
+        model.fit(train_gen, epochs=args.epochs, validation_data=valid_gen, max_gradient_norm=10.0)
+        fit_seconds = time.perf_counter() - t0
+        train_seconds = fit_seconds - side["s"]
+        steps = model._total_steps
+        trained_examples = train_gen.num_samples * (model._epoch_index + 1)
+
+        y_valid = np.concatenate([b[label_col["name"]].numpy().reshape(-1) for b in valid_gen])
+        valid_auc, valid_logloss = metrics(y_valid, model.predict(valid_gen))
+        y_test = np.concatenate([b[label_col["name"]].numpy().reshape(-1) for b in test_gen])
+        test_auc, test_logloss = metrics(y_test, model.predict(test_gen))
+
+        notes = [
+            "model class written in this script on top of fuxictr's BaseModel (fit/train_step/Adam/BCE), "
+            "FeatureEmbedding, MLP_Block and "
+            + ("CrossNetV2/CrossNetMix" if args.model == "DCNv2" else "FactorizationMachine (LR + FM)")
+            + ": the PyPI fuxictr package ships no DCNv2/DeepFM class (they live in the FuxiCTR "
+              "repository's model_zoo/, not published on PyPI); structure follows the model zoo",
+        ] + notes
+        if args.model == "DCNv2":
+            notes.append("DCNv2: parallel structure, CrossNetV2 (full-rank W per layer; --low-rank ignored, "
+                         "kzoo uses W = U V^T of rank 32)" if args.cross_net == "v2" else
+                         f"DCNv2: CrossNetMix with 1 expert, rank {args.low_rank} (tanh(C tanh(V^T x)) inside, "
+                         "unlike kzoo's linear U V^T)")
+        notes += [
+            "training loop: FuxiCTR BaseModel.fit -- Adam, mean BCE, grad-norm clipping at 10 (FuxiCTR "
+            "default), end-of-epoch validation + best checkpoint reload (1 epoch: final weights)",
+            "init: FuxiCTR defaults (embeddings N(0, 1e-4), Linear xavier_normal, numeric embedding "
+            "Linear(1, d) xavier_normal); kzoo's differ",
+            "data: FuxiCTR build_dataset (polars -> Ray map_batches -> parquet) and ParquetDataLoader "
+            "(Ray iter_torch_batches); the train shuffle is seeded by --seed (a subclass; stock FuxiCTR "
+            "leaves Ray's random_shuffle unseeded)",
+            "train_seconds: BaseModel.fit wall time minus its validation/checkpoint/reload; it includes "
+            "the Ray shuffle and batch iteration of the loader",
+            f"torch threads {torch.get_num_threads()}; CPU",
+        ]
+        result = {
+            "model": args.model,
+            "test_auc": test_auc,
+            "test_logloss": test_logloss,
+            "train_examples_per_s": trained_examples / train_seconds,
+            "train_seconds": train_seconds,
+            "params": params,
+            "fuxictr_version": fuxictr.__version__ if hasattr(fuxictr, "__version__") else
+            __import__("fuxictr.version", fromlist=["__version__"]).__version__,
+            "torch_version": torch.__version__,
+            "notes": notes,
+            "valid_auc": valid_auc,
+            "valid_logloss": valid_logloss,
+            "train_examples": trained_examples,
+            "train_steps": steps,
+            "fit_seconds_total": fit_seconds,
+            "preprocess_seconds": prep_seconds,
+            "config": {"embedding_dim": args.embedding_dim, "mlp": mlp, "cross_layers": args.cross_layers,
+                       "cross_net": args.cross_net, "low_rank": args.low_rank if args.cross_net == "mix" else None,
+                       "batch_size": args.batch_size, "lr": args.lr, "epochs": args.epochs, "seed": args.seed,
+                       "threads": args.threads, "missing_as_oov": args.missing_as_oov,
+                       "schema": os.path.basename(args.schema)},
+        }
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        if own_work:
+            shutil.rmtree(work, ignore_errors=True)
+    with open(args.out, "w") as fh:
+        json.dump(result, fh, indent=2)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("notes", "config")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,457 @@
+#!/usr/bin/env python
+"""Training throughput: a spec-built kzoo model against the same architecture written by hand.
+
+    python bench/throughput.py [--backend jax|tensorflow|both] [--rows 50000] [--batch-size 1024]
+                               [--epochs 3] [--repeats 3] [--spec zoo_configs/dcn_v2.json]
+                               [--out bench/out/throughput.json] [--metrics] [--count-ops]
+
+Models (one backend, one process, the same cached tf.data batches, Adam, BCE, same batch size):
+
+    kzoo               kzoo.build(spec, stats): the spec-built functional model
+    keras_fused        hand-written plain Keras, one Embedding over all categorical fields
+                       (ids offset per field, one gather), as kzoo's FeatureEmbedding lays them out
+    keras_per_feature  hand-written plain Keras, one keras.layers.Embedding per categorical
+                       feature (the obvious way to write it)
+
+The hand-written models are DCN-V2 (parallel) as in zoo_configs/dcn_v2.json: numeric features
+embedded as value x learned vector, fields concatenated and flattened, 3 x
+keras_rs.layers.FeatureCross(projection_dim=32) in parallel with Dense 256-128 relu,
+concatenated, Dense(1, sigmoid). `kzoo` vs `keras_fused` is the cost of the spec layer itself;
+`keras_fused` vs `keras_per_feature` is the cost of the table layout.
+
+Timing: synthetic data is preprocessed once with kzoo's Preprocessor/make_dataset, and the batches
+are cached in memory before any timing. Each model runs one warm-up epoch (compilation, both
+batch shapes), then for each repeat every model trains `--epochs` epochs, the models interleaved
+(the order rotates each repeat); a callback records each epoch's wall time. Reported: the median
+of the per-epoch examples/s over all repeats, per model, and the ratio kzoo / hand-written.
+
+`--backend both` runs each backend in its own subprocess (KERAS_BACKEND is per process) and
+prints one table. Results, with the machine (cpu count, versions, date, load), go to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = ("jax", "tensorflow")
+MODELS = ("kzoo", "keras_fused", "keras_per_feature")
+HAND = ("keras_fused", "keras_per_feature")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backend", choices=(*BACKENDS, "both"), default="both")
+    p.add_argument("--rows", type=int, default=50_000, help="synthetic rows; all are trained on each epoch")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs per model per repeat")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--spec", default=str(ROOT / "zoo_configs" / "dcn_v2.json"))
+    p.add_argument("--out", default=str(ROOT / "bench" / "out" / "throughput.json"))
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    p.add_argument("--metrics", action="store_true",
+                   help="compile every model with the spec's metrics (AUC, logloss); default: loss only")
+    p.add_argument("--count-ops", action="store_true",
+                   help="also count the ops of each model's traced forward and train step")
+    args = p.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    bad = [m for m in args.models if m not in MODELS]
+    if bad:
+        p.error(f"--models: unknown {bad}; choose from {list(MODELS)}")
+    return args
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------- machine info
+
+def machine_info() -> dict:
+    from importlib import metadata
+
+    cpu_model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("keras", "jax", "jaxlib", "tensorflow", "keras-rs", "numpy", "kzoo"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "versions": versions,
+    }
+
+
+def loadavg():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------------------------------ hand-written models
+
+def hand_written(spec, stats, fused: bool, lr: float):
+    """DCN-V2 (parallel) in plain Keras: the architecture of zoo_configs/dcn_v2.json.
+
+    fused=False: one keras.layers.Embedding per categorical feature (what a user writes first).
+    fused=True: the fields' ids offset into one Embedding, one gather per batch (kzoo's layout).
+    Numeric features: value x learned vector, one EinsumDense over the concatenated numerics.
+    """
+    import keras
+    import keras_rs
+
+    from kzoo.features import input_size, model_dtype
+
+    by_name = {f["name"]: f for f in spec.features}
+    feats = [by_name[n] for n in spec.used_features()]
+    emb = next(b for b in spec.blocks if b["type"] == "FeatureEmbedding")
+    cross = next(b for b in spec.blocks if b["type"] == "CrossNetV2")
+    deep = next(b for b in spec.blocks if b["type"] == "MLP")
+    dim = emb["args"]["dim"]
+    init = keras.initializers.RandomNormal(stddev=0.05)
+
+    inputs = {f["name"]: keras.Input(shape=(1,), dtype=model_dtype(f), name=f["name"]) for f in feats}
+    cats = [f for f in feats if f["type"] != "numeric"]
+    nums = [f for f in feats if f["type"] == "numeric"]
+
+    fields = []  # (batch, n, dim) blocks
+    if nums:
+        x = keras.layers.Concatenate(name="numerics")([inputs[f["name"]] for f in nums])
+        fields.append(keras.layers.EinsumDense("bf,fd->bfd", output_shape=(len(nums), dim),
+                                               kernel_initializer=init, name="numeric_emb")(x))
+    if fused:
+        sizes = [input_size(f, stats) for f in cats]
+        offsets, total = [], 0
+        for s in sizes:
+            offsets.append(total)
+            total += s
+        ids = keras.layers.Concatenate(name="ids")([inputs[f["name"]] for f in cats])
+        ids = ids + keras.ops.convert_to_tensor([offsets], dtype="int32")
+        fields.append(keras.layers.Embedding(total, dim, embeddings_initializer=init, name="embedding")(ids))
+    else:
+        for f in cats:
+            fields.append(keras.layers.Embedding(input_size(f, stats), dim, embeddings_initializer=init,
+                                                 name=f"emb_{f['name']}")(inputs[f["name"]]))
+    x0 = keras.layers.Flatten(name="flatten")(keras.layers.Concatenate(axis=1, name="fields")(fields))
+
+    x = x0
+    for i in range(cross["args"].get("layers", 3)):
+        x = keras_rs.layers.FeatureCross(projection_dim=cross["args"].get("low_rank"), name=f"cross_{i}")(x0, x)
+    h = x0
+    for i, units in enumerate(deep["args"]["units"]):
+        h = keras.layers.Dense(units, activation="relu", name=f"deep_{i}")(h)
+    top = keras.layers.Concatenate(name="top")([x, h])
+    task = spec.tasks[0]["name"]
+    out = keras.layers.Dense(1, activation="sigmoid", name=task)(top)
+    return keras.Model(inputs, {task: out}, name="fused" if fused else "per_feature")
+
+
+# ------------------------------------------------------------------------------------------ op counts
+
+def count_ops(model, batch) -> dict:
+    """Ops of the traced forward pass and of one train step (the backend's own IR).
+
+    JAX: jaxpr equations (primitives, inner jaxprs included) of stateless_call and of
+    value_and_grad of the loss. TF: graph ops of a tf.function of the forward pass and of
+    forward + GradientTape gradients (no optimizer in either; the optimizer's ops scale with the
+    number of variables, reported separately).
+    """
+    import collections
+
+    import keras
+
+    x, y = batch
+    task = next(iter(y))
+    backend = keras.backend.backend()
+    out = {"variables": len(model.trainable_variables)}
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        tv = [v.value for v in model.trainable_variables]
+        ntv = [v.value for v in model.non_trainable_variables]
+        xj = {k: jnp.asarray(v) for k, v in x.items()}
+        yj = jnp.asarray(y[task])
+
+        def forward(tv, ntv, x):
+            return model.stateless_call(tv, ntv, x)[0][task]
+
+        def loss(tv, ntv, x, y):
+            p = jnp.clip(forward(tv, ntv, x), 1e-7, 1 - 1e-7)
+            return -jnp.mean(y * jnp.log(p) + (1 - y) * jnp.log(1 - p))
+
+        def flat(closed):
+            c = collections.Counter()
+            _walk(closed.jaxpr, c)
+            return c
+
+        def _walk(jaxpr, c):
+            for e in jaxpr.eqns:
+                c[e.primitive.name] += 1
+                for v in e.params.values():
+                    for sub in (v if isinstance(v, (list, tuple)) else [v]):
+                        inner = getattr(sub, "jaxpr", None)
+                        if inner is not None and hasattr(inner, "eqns"):
+                            _walk(inner, c)
+                        elif hasattr(sub, "eqns"):
+                            _walk(sub, c)
+
+        fwd = flat(jax.make_jaxpr(forward)(tv, ntv, xj))
+        step = flat(jax.make_jaxpr(jax.value_and_grad(loss))(tv, ntv, xj, yj))
+    else:
+        import tensorflow as tf
+
+        specs = {k: tf.TensorSpec([None, 1], v.dtype, name=k) for k, v in x.items()}
+
+        @tf.function(input_signature=[specs])
+        def forward(x):
+            return model(x, training=True)[task]
+
+        @tf.function(input_signature=[specs, tf.TensorSpec([None, 1], tf.float32)])
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                p = tf.clip_by_value(model(x, training=True)[task], 1e-7, 1 - 1e-7)
+                loss = -tf.reduce_mean(y * tf.math.log(p) + (1 - y) * tf.math.log(1 - p))
+            return tape.gradient(loss, model.trainable_variables)
+
+        def graph_ops(fn, *sig):
+            c = collections.Counter()
+            for op in fn.get_concrete_function(*sig).graph.get_operations():
+                c[op.type] += 1
+            return c
+
+        fwd = graph_ops(forward)
+        step = graph_ops(step)
+    skip = {"Placeholder", "Identity", "NoOp", "Const", "ReadVariableOp", "pjit"}
+    for name, c in (("forward", fwd), ("train_step", step)):
+        out[name] = {"total": sum(v for k, v in c.items() if k not in skip),
+                     "by_type": dict(sorted(((k, v) for k, v in c.items() if k not in skip),
+                                            key=lambda kv: (-kv[1], kv[0])))}
+    return out
+
+
+# ----------------------------------------------------------------------------------------- one backend
+
+def run_backend(args) -> dict:
+    backend = args.backend
+    if "keras" in sys.modules and os.environ.get("KERAS_BACKEND") != backend:
+        raise SystemExit("keras is already imported with another backend; run this script as its own process")
+    os.environ["KERAS_BACKEND"] = backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from kzoo.features import Preprocessor, fit_stats
+    from kzoo.graph import build
+    from kzoo.spec import load_spec
+    from kzoo.trainer import make_dataset, prepare_data
+
+    assert keras.backend.backend() == backend, keras.backend.backend()
+    load_start = loadavg()
+    log(f"[{backend}] keras {keras.__version__}, {os.cpu_count()} CPUs, load {load_start}")
+
+    # ---- data: generated, preprocessed and cached once; nothing below times preprocessing
+    t = time.perf_counter()
+    spec = load_spec(args.spec)
+    spec, frame = prepare_data(spec, f"synthetic:{args.rows}")
+    stats = fit_stats(spec.features, frame)
+    pre = Preprocessor(spec.features, stats, spec.used_features())
+    ds = make_dataset(frame, spec, pre, args.batch_size)  # map(pre) -> cache() -> prefetch
+    n_batches = 0
+    for _ in ds:  # fills the in-memory cache
+        n_batches += 1
+    examples = len(frame)
+    log(f"[{backend}] data: {examples} synthetic rows, {n_batches} batches of {args.batch_size}, "
+        f"{len(spec.used_features())} features, preprocessed and cached in {time.perf_counter() - t:.1f}s")
+
+    # ---- models
+    opt_cfg = dict(spec.train.get("optimizer") or {})
+    lr = float(opt_cfg.get("learning_rate", 0.001))
+    task = spec.tasks[0]["name"]
+
+    def make(name):
+        keras.utils.set_random_seed(0)
+        if name == "kzoo":
+            model = build(spec, stats)
+        else:
+            model = hand_written(spec, stats, fused=(name == "keras_fused"), lr=lr)
+        metrics = None
+        if args.metrics:
+            metrics = {task: [keras.metrics.AUC(name="auc", num_thresholds=1000),
+                              keras.metrics.BinaryCrossentropy(name="logloss")]}
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr),
+                      loss={task: keras.losses.BinaryCrossentropy(name="bce")}, metrics=metrics)
+        return model
+
+    models = {}
+    info = {}
+    for name in args.models:
+        m = make(name)
+        models[name] = m
+        info[name] = {"params": int(m.count_params()), "variables": len(m.trainable_variables),
+                      "layers": len(m.layers)}
+        log(f"[{backend}] built {name}: {info[name]['params']:,} params, {info[name]['variables']} variables, "
+            f"{info[name]['layers']} layers")
+
+    if args.count_ops:
+        batch = next(iter(ds.take(1)))
+        batch = ({k: v.numpy() for k, v in batch[0].items()}, {k: v.numpy() for k, v in batch[1].items()})
+        for name, m in models.items():
+            info[name]["ops"] = count_ops(m, batch)
+            o = info[name]["ops"]
+            top = ", ".join(f"{k} {v}" for k, v in list(o["train_step"]["by_type"].items())[:8])
+            log(f"[{backend}] ops {name}: forward {o['forward']['total']}, forward+grad {o['train_step']['total']} ({top})")
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):  # logs hold the epoch's loss: the step results are ready
+            self.seconds.append(time.perf_counter() - self._t)
+
+    # ---- warm-up: compiles the train step (full and last partial batch); not timed
+    for name, m in models.items():
+        t = time.perf_counter()
+        m.fit(ds, epochs=1, verbose=0, shuffle=False)
+        log(f"[{backend}] warm-up {name}: 1 epoch in {time.perf_counter() - t:.1f}s (includes compilation); "
+            f"jit_compile={getattr(m, 'jit_compile', None)}")
+
+    # ---- timed: models interleaved, order rotating per repeat
+    results = {name: {"epoch_seconds": [], "repeat_examples_per_s": []} for name in models}
+    names = list(models)
+    for r in range(args.repeats):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            timer = EpochTimer()
+            hist = models[name].fit(ds, epochs=args.epochs, verbose=0, shuffle=False, callbacks=[timer])
+            results[name]["epoch_seconds"].extend(timer.seconds)
+            eps = examples * len(timer.seconds) / sum(timer.seconds)
+            results[name]["repeat_examples_per_s"].append(eps)
+            log(f"[{backend}] repeat {r + 1}/{args.repeats} {name:<17} {eps:10,.0f} examples/s "
+                f"(epochs {', '.join(f'{s:.2f}s' for s in timer.seconds)}; loss {hist.history['loss'][-1]:.4f})")
+
+    for name, res in results.items():
+        eps = [examples / s for s in res["epoch_seconds"]]
+        res["examples_per_s_median"] = statistics.median(eps)
+        res["examples_per_s_all"] = eps
+        res["step_ms_median"] = 1000 * statistics.median(res["epoch_seconds"]) / n_batches
+        res.update(info[name])
+
+    ratios = {}
+    if "kzoo" in results:
+        for hand in HAND:
+            if hand not in results:
+                continue
+            paired = [a / b for a, b in zip(results["kzoo"]["repeat_examples_per_s"],
+                                            results[hand]["repeat_examples_per_s"])]
+            ratios[f"kzoo/{hand}"] = {
+                "ratio_of_medians": results["kzoo"]["examples_per_s_median"] / results[hand]["examples_per_s_median"],
+                "median_paired_ratio": statistics.median(paired),
+                "paired_ratios": paired,
+            }
+    for key, r in ratios.items():
+        log(f"[{backend}] {key}: {r['ratio_of_medians']:.3f} (median of per-repeat ratios "
+            f"{r['median_paired_ratio']:.3f})")
+
+    return {
+        "backend": backend,
+        "examples_per_epoch": examples,
+        "batches_per_epoch": n_batches,
+        "models": results,
+        "ratios": ratios,
+        "load_average": {"start": load_start, "end": loadavg()},
+    }
+
+
+# ------------------------------------------------------------------------------------------ reporting
+
+def table(result: dict) -> str:
+    lines = [f"{'backend':<11} {'model':<18} {'examples/s':>11} {'step ms':>8} {'params':>10}  kzoo/this"]
+    for backend, r in result["backends"].items():
+        for name, m in r["models"].items():
+            ratio = r["ratios"].get(f"kzoo/{name}", {}).get("ratio_of_medians")
+            lines.append(f"{backend:<11} {name:<18} {m['examples_per_s_median']:11,.0f} {m['step_ms_median']:8.1f} "
+                         f"{m['params']:10,}  {'' if ratio is None else f'{ratio:.3f}'}")
+    return "\n".join(lines)
+
+
+def run_config(args) -> dict:
+    return {"spec": os.path.relpath(args.spec, ROOT) if Path(args.spec).is_absolute() else args.spec,
+            "data": f"synthetic:{args.rows}", "rows": args.rows, "batch_size": args.batch_size,
+            "epochs": args.epochs, "repeats": args.repeats, "models": args.models,
+            "metrics": bool(args.metrics), "optimizer": "adam", "loss": "bce"}
+
+
+def child_argv(args, backend: str, out: str) -> list[str]:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--backend", backend, "--rows", str(args.rows),
+            "--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--repeats", str(args.repeats),
+            "--spec", args.spec, "--out", out, "--models", ",".join(args.models)]
+    if args.metrics:
+        argv.append("--metrics")
+    if args.count_ops:
+        argv.append("--count-ops")
+    return argv
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    result = {"machine": machine_info(), "config": run_config(args), "backends": {}}
+    if args.backend == "both":
+        with tempfile.TemporaryDirectory() as tmp:
+            for backend in BACKENDS:
+                out = os.path.join(tmp, f"{backend}.json")
+                env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", "KZOO_BENCH_CHILD": "1"}
+                log(f"running the {backend} backend in a subprocess")
+                rc = subprocess.run(child_argv(args, backend, out), env=env, cwd=ROOT).returncode
+                if rc != 0:
+                    log(f"{backend}: subprocess failed with exit code {rc}")
+                    return rc
+                result["backends"][backend] = json.loads(Path(out).read_text())["backends"][backend]
+    else:
+        result["backends"][args.backend] = run_backend(args)
+    result["seconds"] = round(time.perf_counter() - start, 1)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    if args.backend == "both" or not os.environ.get("KZOO_BENCH_CHILD"):
+        print()
+        print(table(result))
+        print(f"\n{result['seconds']:.0f}s; results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

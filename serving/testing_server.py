@@ -1,0 +1,491 @@
+"""A protocol-true stand-in for TF Serving, for tests and local demos. This is NOT TF Serving.
+
+It speaks TF Serving's two protocols on 127.0.0.1 and nothing else:
+
+- gRPC: `tensorflow.serving.PredictionService` `Predict` and `GetModelMetadata`, with the
+  real `tensorflow_serving.apis` messages;
+- REST: `POST /v1/models/NAME[/versions/V]:predict` in the row ("instances" ->
+  "predictions") and columnar ("inputs" -> "outputs") formats, `GET /v1/models/NAME[/versions/V]`
+  (status) and `GET .../metadata`, with TF Serving's JSON rules and error bodies.
+
+What it checks, as TF Serving does: the model base dir layout (BASE/<version>/ with the
+highest purely numeric folder served; anything else, such as an export's `.tmp-3-123`, is
+ignored); the model name and version of each request; the signature name; the input names
+(missing or extra inputs are INVALID_ARGUMENT) and each input's dtype against the SignatureDef
+(TF Serving converts nothing: an int64 tensor for a float32 input is INVALID_ARGUMENT); the
+JSON value types per declared dtype (a `3.0` is not an int64, NaN is accepted); and it
+replays `assets.extra/tf_serving_warmup_requests` (a TFRecord of PredictionLog) at load,
+refusing to serve a model whose warmup fails.
+
+What it does not do: it runs the SavedModel's `serving_default` with TensorFlow in this
+Python process (`tf.saved_model.load`), not TF Serving's C++ session; it loads once at start
+(no polling for new versions, no version policies or labels, no model config file, no
+batching, no monitoring) and serves one model. A SavedModel that TF Serving's build cannot
+run (e.g. ops missing from its kernels) can still pass here. Run the real server before
+production: see docs/serving.md.
+
+    with serve("exports/", "kzoo") as server:
+        GrpcClient(server.grpc_target, "kzoo", "exports/").predict(rows)
+
+    python -m serving.testing_server exports/ --model-name kzoo --grpc-port 8500 --rest-port 8501
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import math
+import re
+import sys
+import threading
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from google.protobuf import json_format
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2, prediction_log_pb2,
+                                     prediction_service_pb2_grpc)
+
+from serving.client import latest_version_dir
+
+HOST = "127.0.0.1"
+DEFAULT_SIGNATURE = "serving_default"
+WARMUP_FILE = "tf_serving_warmup_requests"
+MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
+# TF Serving's mapping of status codes to HTTP (http_server.cc).
+HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "OUT_OF_RANGE": 400, "NOT_FOUND": 404,
+               "UNIMPLEMENTED": 501, "UNAVAILABLE": 503, "RESOURCE_EXHAUSTED": 429}
+_REST_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+                        r"(?P<verb>/metadata|:predict|:classify|:regress)?$")
+
+
+class ServingFailure(Exception):
+    """A request TF Serving would refuse: a gRPC status code and TF Serving's message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _invalid(message: str) -> ServingFailure:
+    return ServingFailure(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _type_name(enum: int) -> str:
+    """TensorFlow's DataTypeString: DT_FLOAT -> 'float', DT_INT64 -> 'int64'."""
+    return types_pb2.DataType.Name(enum)[3:].lower()
+
+
+class LoadedModel:
+    """The latest version under BASE, loaded, its SignatureDefs read and its warmup replayed."""
+
+    def __init__(self, base, name: str):
+        self.base, self.name = Path(base), name
+        self.path = latest_version_dir(self.base)
+        self.version = int(self.path.name)
+        saved = saved_model_pb2.SavedModel.FromString((self.path / "saved_model.pb").read_bytes())
+        self.signature_defs = dict(saved.meta_graphs[0].signature_def)
+        self.module = tf.saved_model.load(str(self.path))
+        self.functions = dict(self.module.signatures)
+        self.warmup_replayed = self._warm_up()
+
+    def _warm_up(self) -> int:
+        path = self.path / "assets.extra" / WARMUP_FILE
+        if not path.is_file():
+            return 0
+        count = 0
+        for record in tf.data.TFRecordDataset(str(path)):
+            count += 1
+            if count > MAX_WARMUP_RECORDS:
+                raise RuntimeError(f"{path}: number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS})")
+            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            kind = log.WhichOneof("log_type")
+            if kind != "predict_log":
+                raise RuntimeError(f"{path}: record {count}: unsupported log_type for warmup here: {kind}")
+            try:  # like TF Serving, the warmup request runs on the session: its model_spec is not matched
+                self.predict(log.predict_log.request, check_spec=False)
+            except ServingFailure as err:
+                raise RuntimeError(f"failed to warm up model {self.path}: record {count}: {err.message}") from None
+        return count
+
+    def check_spec(self, spec) -> None:
+        version = spec.version.value if spec.HasField("version") else None
+        if spec.version_label:
+            raise _invalid(f"Unrecognized servable version label: {spec.version_label}")
+        wanted = f"Latest({spec.name})" if version is None else f"Specific({spec.name}, {version})"
+        if spec.name != self.name or (version is not None and version != self.version):
+            raise ServingFailure(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {wanted}")
+
+    def signature(self, name: str):
+        name = name or DEFAULT_SIGNATURE
+        if name not in self.signature_defs:
+            raise ServingFailure(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{name}" not found.')
+        return name, self.signature_defs[name]
+
+    def predict(self, request, check_spec: bool = True):
+        """PredictRequest -> PredictResponse, with TF Serving's checks (predict_util.cc)."""
+        if check_spec:
+            self.check_spec(request.model_spec)
+        sig_name, sig = self.signature(request.model_spec.signature_name)
+        sent, expected = set(request.inputs), set(sig.inputs)
+        if len(sent) != len(expected):
+            raise _invalid(f"input size does not match signature: {len(sent)}!={len(expected)} "
+                           f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
+                           f"Sent extra: {{{','.join(sorted(sent - expected))}}}. "
+                           f"Missing but required: {{{','.join(sorted(expected - sent))}}}.")
+        for alias in sorted(sent - expected):
+            raise _invalid(f"input tensor alias not found in signature: {alias}. "
+                           f"Inputs expected to be in the set {{{','.join(sorted(expected))}}}.")
+        feed = {}
+        for i, alias in enumerate(sorted(expected)):
+            proto, want = request.inputs[alias], sig.inputs[alias].dtype
+            if proto.dtype != want:
+                raise _invalid(f"Expects arg[{i}] to be {_type_name(want)} but {_type_name(proto.dtype)} is provided")
+            try:
+                feed[alias] = tf.constant(tf.make_ndarray(proto), dtype=tf.dtypes.as_dtype(want))
+            except (TypeError, ValueError) as err:
+                raise _invalid(f"input {alias}: {err}") from None
+        outputs = list(request.output_filter) or sorted(sig.outputs)
+        for alias in outputs:
+            if alias not in sig.outputs:
+                raise _invalid(f"output tensor alias not found in signature: {alias} Outputs expected to be in "
+                               f"the set {{{','.join(sorted(sig.outputs))}}}.")
+        try:
+            result = self.functions[sig_name](**feed)
+        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
+            raise _invalid(str(getattr(err, "message", err)).strip()) from None
+        response = predict_pb2.PredictResponse()
+        self._fill_spec(response.model_spec, sig_name)
+        for alias in outputs:
+            response.outputs[alias].CopyFrom(tf.make_tensor_proto(result[alias].numpy()))
+        return response
+
+    def metadata(self, request):
+        """GetModelMetadataRequest -> GetModelMetadataResponse (only the 'signature_def' field exists)."""
+        self.check_spec(request.model_spec)
+        if not request.metadata_field:
+            raise _invalid("GetModelMetadataRequest must specify at least one metadata_field")
+        for field in request.metadata_field:
+            if field != "signature_def":
+                raise _invalid(f"Metadata field {field} is not supported")
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        self._fill_spec(response.model_spec, "")
+        defs = get_model_metadata_pb2.SignatureDefMap()
+        for key, value in self.signature_defs.items():
+            defs.signature_def[key].CopyFrom(value)
+        response.metadata["signature_def"].Pack(defs)
+        return response
+
+    def _fill_spec(self, spec, signature_name: str) -> None:
+        spec.name = self.name
+        spec.version.value = self.version
+        spec.signature_name = signature_name
+
+
+class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, model: LoadedModel):
+        self.model = model
+
+    def Predict(self, request, context):
+        return self._answer(self.model.predict, request, context)
+
+    def GetModelMetadata(self, request, context):
+        return self._answer(self.model.metadata, request, context)
+
+    def _answer(self, method, request, context):
+        try:
+            return method(request)
+        except ServingFailure as err:
+            context.abort(err.code, err.message)
+
+
+# ------------------------------------------------------------------------------------------ REST / JSON
+
+def _json_leaf(value, dtype: int):
+    """Check one JSON value against a dtype as TF Serving's json_tensor.cc does."""
+    name = _type_name(dtype)
+    if isinstance(value, dict) and dtype == types_pb2.DT_STRING and set(value) == {"b64"}:
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (ValueError, TypeError):
+            raise _invalid("Unable to base64 decode") from None
+    kind = {dict: "Object", list: "Array", str: "String", bool: "True" if value else "False",
+            type(None): "Null"}.get(type(value), "Number")
+    wrong = _invalid(f"JSON Value: {json.dumps(value)} Type: {kind} is not of expected type: {name}")
+    if dtype == types_pb2.DT_STRING:
+        if not isinstance(value, str):
+            raise wrong
+        return value.encode()
+    if dtype == types_pb2.DT_BOOL:
+        if not isinstance(value, bool):
+            raise wrong
+        return value
+    if kind != "Number":
+        raise wrong
+    if dtype in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE):
+        info = np.finfo(np.float32 if dtype == types_pb2.DT_FLOAT else np.float64)
+        exact = (1 << info.nmant + 1) - 1  # the largest integer the type holds exactly
+        if abs(value) > exact if isinstance(value, int) else math.isfinite(value) and abs(value) > info.max:
+            raise _invalid(f"Cannot convert JSON value: {value} to {name} without loss of precision.")
+        return value
+    info = np.iinfo(tf.dtypes.as_dtype(dtype).as_numpy_dtype)
+    if not isinstance(value, int) or not info.min <= value <= info.max:
+        raise wrong
+    return value
+
+
+def _json_tensor(value, dtype: int) -> np.ndarray:
+    def walk(v):
+        return [walk(x) for x in v] if isinstance(v, list) else _json_leaf(v, dtype)
+
+    leaves = walk(value)
+    np_dtype = object if dtype == types_pb2.DT_STRING else tf.dtypes.as_dtype(dtype).as_numpy_dtype
+    try:
+        return np.array(leaves, dtype=np_dtype)
+    except ValueError:
+        raise _invalid(f"JSON Value: {json.dumps(value)[:200]} is not a dense (rectangular) list") from None
+
+
+def request_from_json(body: dict, model: LoadedModel, name: str, version: str | None):
+    """A TF Serving REST predict body -> (PredictRequest, 'row' | 'columnar'), with its checks."""
+    if not isinstance(body, dict):
+        raise _invalid("JSON Value: body Is not object")
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    if version is not None:
+        request.model_spec.version.value = int(version)
+    signature_name = body.get("signature_name", "")
+    if not isinstance(signature_name, str):
+        raise _invalid("'signature_name' key must be a string value.")
+    request.model_spec.signature_name = signature_name
+    model.check_spec(request.model_spec)
+    _, sig = model.signature(signature_name)
+    dtypes = {k: v.dtype for k, v in sig.inputs.items()}
+    if "instances" in body and "inputs" in body:
+        raise _invalid("Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist")
+    if "instances" in body:
+        tensors, kind = _from_instances(body["instances"], dtypes), "row"
+    elif "inputs" in body:
+        tensors, kind = _from_inputs(body["inputs"], dtypes), "columnar"
+    else:
+        raise _invalid("Missing 'inputs' or 'instances' key")
+    for key, array in tensors.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(array, dtype=tf.dtypes.as_dtype(dtypes[key])))
+    return request, kind
+
+
+def _is_object(value) -> bool:
+    return isinstance(value, dict) and set(value) != {"b64"}
+
+
+def _from_instances(instances, dtypes: dict) -> dict:
+    if not isinstance(instances, list):
+        raise _invalid("Excepting 'instances' to be an list/array")
+    if not instances:
+        raise _invalid("No values in 'instances' array")
+    if not _is_object(instances[0]):
+        if len(dtypes) > 1:
+            raise _invalid("instances is a plain list, but expecting list of objects as multiple input tensors "
+                           "required as per tensorinfo_map")
+        (only,) = dtypes
+        return {only: _json_tensor(instances, dtypes[only])}
+    names = sorted(dtypes)
+    for i, item in enumerate(instances):
+        if not _is_object(item):
+            raise _invalid(f"Expecting object but got list at item {i} of input list")
+        for key in item:
+            if key not in dtypes:
+                raise _invalid(f"Failed to process element: {i} key: {key} of 'instances' list. "
+                               f"Error: JSON object: does not have named input: {key}")
+        if sorted(item) != names:
+            raise _invalid(f"Failed to process element: {i} of 'instances' list. JSON object: "
+                           f"{json.dumps(item)[:300]} must only have keys: {','.join(names)}")
+    return {k: _json_tensor([item[k] for item in instances], dtypes[k]) for k in names}
+
+
+def _from_inputs(inputs, dtypes: dict) -> dict:
+    if not _is_object(inputs):
+        if len(dtypes) > 1:
+            raise _invalid("inputs is a plain value/list, but expecting an object as multiple input tensors "
+                           "required as per tensorinfo_map")
+        (only,) = dtypes
+        return {only: _json_tensor(inputs, dtypes[only])}
+    out = {}
+    for key, dtype in dtypes.items():  # like TF Serving, keys not in the signature are ignored
+        if key not in inputs:
+            raise _invalid(f"Missing named input: {key} in 'inputs' object.")
+        out[key] = _json_tensor(inputs[key], dtype)
+    return out
+
+
+def _json_values(proto):
+    array = tf.make_ndarray(proto)
+    if array.dtype == np.float32:
+        # TF Serving writes a float32 with the shortest digits that read back to it (0.1, not 0.100000001).
+        return np.array([float(str(v)) for v in array.ravel()], dtype=object).reshape(array.shape).tolist()
+    if array.dtype == object:
+        return np.vectorize(lambda b: b.decode(errors="replace"), otypes=[object])(array).tolist()
+    return array.tolist()
+
+
+def json_from_response(response, kind: str) -> dict:
+    """PredictResponse -> TF Serving's JSON: {"predictions": [...]} (row) or {"outputs": ...} (columnar)."""
+    values = {k: _json_values(v) for k, v in sorted(response.outputs.items())}
+    if kind == "columnar":
+        return {"outputs": values if len(values) > 1 else next(iter(values.values()))}
+    rows = len(next(iter(values.values())))
+    if len(values) == 1:
+        return {"predictions": next(iter(values.values()))}
+    return {"predictions": [{k: v[i] for k, v in values.items()} for i in range(rows)]}
+
+
+class _RestHandler(BaseHTTPRequestHandler):
+    server_version = "kzoo-testing-server"
+
+    def do_GET(self):
+        self._route("GET")
+
+    def do_POST(self):
+        self._route("POST")
+
+    def _route(self, method: str) -> None:
+        model: LoadedModel = self.server.model
+        match = _REST_PATH.match(self.path.split("?")[0])
+        try:
+            if not match or match["label"] or (method, match["verb"]) not in {
+                    ("GET", None), ("GET", "/metadata"), ("POST", ":predict")}:
+                raise ServingFailure(grpc.StatusCode.NOT_FOUND, f"Malformed request: {method} {self.path}")
+            name, version = match["name"], match["version"]
+            if method == "POST":
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(length) or b"null")
+                except ValueError as err:
+                    raise _invalid(f"JSON Parse error: {err}") from None
+                request, kind = request_from_json(body, model, name, version)
+                answer = json_from_response(model.predict(request), kind)
+            elif match["verb"] == "/metadata":
+                request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+                request.model_spec.name = name
+                if version is not None:
+                    request.model_spec.version.value = int(version)
+                answer = json_format.MessageToDict(model.metadata(request), preserving_proto_field_name=True)
+            else:
+                answer = self._status(model, name, version)
+            self._send(200, answer)
+        except ServingFailure as err:
+            self._send(HTTP_STATUS.get(err.code.name, 500), {"error": err.message})
+
+    @staticmethod
+    def _status(model: LoadedModel, name: str, version: str | None) -> dict:
+        if name != model.name:
+            raise ServingFailure(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
+        if version is not None and int(version) != model.version:
+            raise ServingFailure(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}")
+        return {"model_version_status": [{"version": str(model.version), "state": "AVAILABLE",
+                                          "status": {"error_code": "OK", "error_message": ""}}]}
+
+    def _send(self, status: int, answer: dict) -> None:
+        data = json.dumps(answer, indent=1).encode()  # NaN stays the literal NaN, as TF Serving writes it
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, fmt, *args):
+        if self.server.verbose:
+            super().log_message(fmt, *args)
+
+
+class TestingServer:
+    """One model from BASE on 127.0.0.1: gRPC on `grpc_port`, REST on `rest_port` (0: a free port)."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, base, model_name: str = "kzoo", grpc_port: int = 0, rest_port: int = 0,
+                 verbose: bool = False):
+        self.model = LoadedModel(base, model_name)
+        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
+                                 options=[("grpc.max_receive_message_length", -1),
+                                          ("grpc.max_send_message_length", -1),
+                                          ("grpc.so_reuseport", 0)])
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(self.model), self._grpc)
+        try:
+            self.grpc_port = self._grpc.add_insecure_port(f"{HOST}:{grpc_port}")
+        except RuntimeError:
+            self.grpc_port = 0
+        if not self.grpc_port:
+            raise OSError(f"cannot bind gRPC to {HOST}:{grpc_port} (port in use?)")
+        self._http = ThreadingHTTPServer((HOST, rest_port), _RestHandler)
+        self._http.daemon_threads = True
+        self._http.model, self._http.verbose = self.model, verbose
+        self.rest_port = self._http.server_address[1]
+        self._thread = threading.Thread(target=self._http.serve_forever, name="kzoo-rest", daemon=True)
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{HOST}:{self.grpc_port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{HOST}:{self.rest_port}"
+
+    def start(self) -> "TestingServer":
+        self._grpc.start()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+        self._grpc.stop(grace=None).wait()
+
+
+@contextlib.contextmanager
+def serve(base, model_name: str = "kzoo", grpc_port: int = 0, rest_port: int = 0, verbose: bool = False):
+    """Serve BASE's latest version while the block runs; yields the server (.grpc_port, .rest_port)."""
+    server = TestingServer(base, model_name, grpc_port, rest_port, verbose).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.testing_server",
+                                     description="A protocol-true stand-in for TF Serving (NOT TF Serving), "
+                                                 "for tests and local demos; binds 127.0.0.1 only.")
+    parser.add_argument("base", help="model base dir: BASE/<version>/saved_model.pb")
+    parser.add_argument("--model-name", default="kzoo")
+    parser.add_argument("--grpc-port", type=int, default=8500)
+    parser.add_argument("--rest-port", type=int, default=8501)
+    parser.add_argument("--quiet", action="store_true", help="do not log REST requests")
+    args = parser.parse_args(argv)
+    try:
+        server = TestingServer(args.base, args.model_name, args.grpc_port, args.rest_port, not args.quiet).start()
+    except (OSError, RuntimeError) as err:
+        print(f"testing_server: {err}", file=sys.stderr)
+        return 1
+    m = server.model
+    print(f"serving {m.name} version {m.version} from {m.path} (warmup: {m.warmup_replayed} request(s) replayed)\n"
+          f"  gRPC {server.grpc_target}   REST {server.rest_url}/v1/models/{m.name}\n"
+          "  (kzoo testing server, NOT TF Serving; Ctrl-C stops)", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
