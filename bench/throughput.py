@@ -115,17 +115,42 @@ def loadavg():
 
 # ------------------------------------------------------------------------------ hand-written models
 
+def _numeric_embedding_class():
+    import keras
+
+    class NumericEmbedding(keras.layers.Layer):
+        """(batch, n) values -> (batch, n, dim): value_i * v_i, one learned vector per column."""
+
+        def __init__(self, dim, initializer, **kwargs):
+            super().__init__(**kwargs)
+            self.dim, self.initializer = dim, initializer
+
+        def build(self, input_shape):
+            self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.dim),
+                                          initializer=self.initializer)
+
+        def call(self, x):
+            return keras.ops.expand_dims(x, -1) * self.kernel
+
+        def compute_output_shape(self, input_shape):
+            return (*input_shape, self.dim)
+
+    return NumericEmbedding
+
+
 def hand_written(spec, stats, fused: bool, lr: float):
     """DCN-V2 (parallel) in plain Keras: the architecture of zoo_configs/dcn_v2.json.
 
     fused=False: one keras.layers.Embedding per categorical feature (what a user writes first).
     fused=True: the fields' ids offset into one Embedding, one gather per batch (kzoo's layout).
-    Numeric features: value x learned vector, one EinsumDense over the concatenated numerics.
+    Numeric features: value x learned vector (one small layer, as FuxiCTR / DeepCTR write it).
     """
     import keras
     import keras_rs
 
     from kzoo.features import input_size, model_dtype
+
+    NumericEmbedding = _numeric_embedding_class()
 
     by_name = {f["name"]: f for f in spec.features}
     feats = [by_name[n] for n in spec.used_features()]
@@ -142,8 +167,7 @@ def hand_written(spec, stats, fused: bool, lr: float):
     fields = []  # (batch, n, dim) blocks
     if nums:
         x = keras.layers.Concatenate(name="numerics")([inputs[f["name"]] for f in nums])
-        fields.append(keras.layers.EinsumDense("bf,fd->bfd", output_shape=(len(nums), dim),
-                                               kernel_initializer=init, name="numeric_emb")(x))
+        fields.append(NumericEmbedding(dim, init, name="numeric_emb")(x))
     if fused:
         sizes = [input_size(f, stats) for f in cats]
         offsets, total = [], 0

@@ -197,7 +197,7 @@ class RestClient(_Client):
             if isinstance(reason, TimeoutError):
                 raise ServingError(f"{method} {url}: no answer within {self.timeout}s", code="timeout") from None
             raise ServerUnreachable(f"cannot reach TF Serving at {url}: {reason} "
-                                    f"(is the server running, and its REST port {self.base_url}?)") from None
+                                    f"(is the server running, with its REST API on that port?)") from None
 
 
 class GrpcClient(_Client):

@@ -38,6 +38,7 @@ import contextlib
 import json
 import math
 import re
+import signal
 import sys
 import threading
 from concurrent import futures
@@ -297,17 +298,28 @@ def _from_instances(instances, dtypes: dict) -> dict:
         (only,) = dtypes
         return {only: _json_tensor(instances, dtypes[only])}
     names = sorted(dtypes)
+    values = {k: [] for k in names}
     for i, item in enumerate(instances):
         if not _is_object(item):
             raise _invalid(f"Expecting object but got list at item {i} of input list")
-        for key in item:
-            if key not in dtypes:
+        for key, value in item.items():  # TF Serving converts key by key, then compares the key sets
+            try:
+                if key not in dtypes:
+                    raise _invalid(f"JSON object: does not have named input: {key}")
+                values[key].append(_json_tensor(value, dtypes[key]))
+            except ServingFailure as err:
                 raise _invalid(f"Failed to process element: {i} key: {key} of 'instances' list. "
-                               f"Error: JSON object: does not have named input: {key}")
+                               f"Error: INVALID_ARGUMENT: {err.message}") from None
         if sorted(item) != names:
             raise _invalid(f"Failed to process element: {i} of 'instances' list. JSON object: "
                            f"{json.dumps(item)[:300]} must only have keys: {','.join(names)}")
-    return {k: _json_tensor([item[k] for item in instances], dtypes[k]) for k in names}
+    out = {}
+    for key in names:
+        shapes = {v.shape for v in values[key]}
+        if len(shapes) > 1:
+            raise _invalid(f"input {key}: the instances hold values of different shapes {sorted(shapes)}")
+        out[key] = np.stack(values[key])
+    return out
 
 
 def _from_inputs(inputs, dtypes: dict) -> dict:
@@ -478,8 +490,10 @@ def main(argv=None) -> int:
     print(f"serving {m.name} version {m.version} from {m.path} (warmup: {m.warmup_replayed} request(s) replayed)\n"
           f"  gRPC {server.grpc_target}   REST {server.rest_url}/v1/models/{m.name}\n"
           "  (kzoo testing server, NOT TF Serving; Ctrl-C stops)", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        threading.Event().wait()
+        stop.wait()
     except KeyboardInterrupt:
         pass
     finally:

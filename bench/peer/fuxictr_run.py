@@ -30,6 +30,19 @@ import tempfile
 import time
 
 import numpy as np
+import polars as pl
+import ray
+import torch
+from torch import nn
+
+import fuxictr
+from fuxictr.features import FeatureMap
+from fuxictr.preprocess import FeatureProcessor, build_dataset
+from fuxictr.pytorch.dataloaders import RankDataLoader
+from fuxictr.pytorch.dataloaders.parquet_dataloader import ParquetDataLoader
+from fuxictr.pytorch.layers import CrossNetMix, CrossNetV2, FactorizationMachine, FeatureEmbedding, MLP_Block
+from fuxictr.pytorch.models import BaseModel
+from fuxictr.pytorch.torch_utils import seed_everything
 
 
 def parse_args(argv=None):
@@ -54,17 +67,126 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--flush-denormal", action=argparse.BooleanOptionalAction, default=True,
+                   help="torch.set_flush_denormal: on by default, as TensorFlow and XLA's CPU runtimes do; "
+                        "torch's own default is off, and FuxiCTR's N(0, 1e-4) embeddings + Adam then hit "
+                        "denormal floats that are ~10x slower on CPU")
     p.add_argument("--missing-as-oov", action="store_true",
                    help="FuxiCTR's native handling of a missing categorical (shares the OOV id); "
                         "default: missing is a token of its own, as in kzoo")
     p.add_argument("--work-dir", default=None,
                    help="where FuxiCTR writes its parquet/feature map/checkpoint (default: a temp dir, removed)")
+    p.add_argument("--pipeline", choices=["inprocess", "ray"], default="inprocess",
+                   help="inprocess: FeatureProcessor read/preprocess/fit/transform in this process -> .npz -> "
+                        "FuxiCTR NpzDataLoader (torch DataLoader); ray: FuxiCTR's stock build_dataset "
+                        "(Ray map_batches -> parquet) -> ParquetDataLoader (Ray iter_torch_batches); "
+                        "Ray adds ~1-2 min of fixed overhead on a 2-core machine")
+    p.add_argument("--loader-workers", type=int, default=1,
+                   help="NpzDataLoader num_workers (FuxiCTR's default 1: one prefetching worker process)")
     p.add_argument("--verbose", action="store_true", help="FuxiCTR's INFO logging on stderr")
     p.add_argument("--out", required=True, help="result JSON path")
     return p.parse_args(argv)
 
 
 MISSING_TOKEN = "__kzoo_missing__"
+
+
+class KzooFeatureProcessor(FeatureProcessor):
+    """FuxiCTR's FeatureProcessor plus two 'preprocess' hooks (FuxiCTR's extension point)."""
+
+    def signed_log1p(self, col):
+        x = pl.col(col).cast(pl.Float64)
+        return x.sign() * x.abs().log1p()
+
+    def missing_token(self, col):  # runs after fill_na(""): "" -> a real token
+        return pl.when(pl.col(col) == "").then(pl.lit(MISSING_TOKEN)).otherwise(pl.col(col))
+
+class SeededParquetDataLoader(ParquetDataLoader):
+    """FuxiCTR's ParquetDataLoader, its Ray dataset read once up front and its shuffle seeded.
+
+    Stock FuxiCTR re-reads the parquet lazily inside the first epoch and calls Ray's
+    random_shuffle() unseeded; here the read happens before fit (so the fit timing is not the
+    one-off parquet read) and each epoch's shuffle is seeded from --seed.
+    """
+
+    def __init__(self, *a, seed=0, **kw):
+        super().__init__(*a, **kw)
+        self.dataset = self.dataset.materialize()
+        self._seed, self._epoch = seed, 0
+
+    def __iter__(self):
+        if not self.shuffle:
+            return super().__iter__()
+        dataset = self.dataset.random_shuffle(seed=self._seed * 1000 + self._epoch)
+        self._epoch += 1
+        return iter(dataset.iter_torch_batches(batch_size=self.batch_size, drop_last=False,
+                                               prefetch_batches=self.num_workers))
+
+
+def build_dataset_inprocess(processor, train, valid, test):
+    """FuxiCTR's build_dataset without Ray: the same read_data/preprocess/fit (train stats only),
+    then FeatureProcessor.transform on each whole split in this process, saved as the .npz files
+    that FuxiCTR's NpzDataLoader reads. build_dataset does the same transform through Ray
+    map_batches into parquet, which costs ~15 s of fixed overhead per split on a 2-core machine."""
+    frames = {}
+    for split, path in (("train", train), ("valid", valid), ("test", test)):
+        frames[split] = processor.preprocess(processor.read_data(path, data_format="csv"))
+    processor.fit(frames["train"], rebuild_dataset=True, meta_ddf=None)
+    paths = []
+    for split, ddf in frames.items():
+        df = ddf.collect()
+        batch = {name: df[name].to_numpy() for name in df.columns}
+        out = processor.transform(batch)
+        path = os.path.join(processor.data_dir, split + ".npz")
+        np.savez(path, **{k: np.asarray(v) for k, v in out.items()})
+        paths.append(path)
+    return tuple(paths)
+
+
+class DCNv2(BaseModel):
+    """DCN-V2, parallel: cross net and MLP over the flat embeddings, concatenated -> linear."""
+
+    def __init__(self, feature_map, embedding_dim, mlp_units, num_cross_layers, cross_net, low_rank,
+                 learning_rate, **kwargs):
+        super().__init__(feature_map, model_id="DCNv2", **kwargs)
+        self.embedding_layer = FeatureEmbedding(feature_map, embedding_dim)
+        width = feature_map.sum_emb_out_dim()
+        self.crossnet = (CrossNetV2(width, num_cross_layers) if cross_net == "v2" else
+                         CrossNetMix(width, num_cross_layers, low_rank=low_rank, num_experts=1))
+        self.parallel_dnn = MLP_Block(input_dim=width, output_dim=None, hidden_units=mlp_units,
+                                      hidden_activations="ReLU", output_activation=None,
+                                      dropout_rates=0, batch_norm=False)
+        self.fc = nn.Linear(width + mlp_units[-1], 1)
+        self.compile(kwargs["optimizer"], kwargs["loss"], learning_rate)
+        self.reset_parameters()
+        self.model_to_device()
+
+    def forward(self, inputs):
+        X = self.get_inputs(inputs)
+        emb = self.embedding_layer(X, flatten_emb=True)
+        cross = self.crossnet(emb).view(emb.shape[0], -1)
+        out = self.fc(torch.cat([cross, self.parallel_dnn(emb)], dim=-1))
+        return {"y_pred": self.output_activation(out)}
+
+class DeepFM(BaseModel):
+    """DeepFM: FactorizationMachine (bias + linear + pairwise FM) + MLP logit, shared embeddings."""
+
+    def __init__(self, feature_map, embedding_dim, mlp_units, learning_rate, **kwargs):
+        super().__init__(feature_map, model_id="DeepFM", **kwargs)
+        self.embedding_layer = FeatureEmbedding(feature_map, embedding_dim)
+        self.fm = FactorizationMachine(feature_map)
+        self.mlp = MLP_Block(input_dim=feature_map.sum_emb_out_dim(), output_dim=1, hidden_units=mlp_units,
+                             hidden_activations="ReLU", output_activation=None,
+                             dropout_rates=0, batch_norm=False)
+        self.compile(kwargs["optimizer"], kwargs["loss"], learning_rate)
+        self.reset_parameters()
+        self.model_to_device()
+
+    def forward(self, inputs):
+        X = self.get_inputs(inputs)
+        emb = self.embedding_layer(X)
+        logit = self.fm(X, emb) + self.mlp(emb.flatten(start_dim=1))
+        return {"y_pred": self.output_activation(logit)}
 
 
 def feature_cols_from_schema(schema: dict, missing_as_oov: bool) -> tuple[list, dict, list[str]]:
@@ -143,93 +265,10 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    import polars as pl
-    import ray
-    import torch
-    from torch import nn
-
-    import fuxictr
-    from fuxictr.features import FeatureMap
-    from fuxictr.preprocess import FeatureProcessor, build_dataset
-    from fuxictr.pytorch.dataloaders import RankDataLoader
-    from fuxictr.pytorch.dataloaders.parquet_dataloader import ParquetDataLoader
-    from fuxictr.pytorch.layers import CrossNetMix, CrossNetV2, FactorizationMachine, FeatureEmbedding, MLP_Block
-    from fuxictr.pytorch.models import BaseModel
-    from fuxictr.pytorch.torch_utils import seed_everything
-
     torch.set_num_threads(args.threads)
+    flushing = bool(torch.set_flush_denormal(args.flush_denormal)) and args.flush_denormal
     seed_everything(args.seed)
     mlp = [int(u) for u in args.mlp.split(",") if u.strip()]
-
-    class KzooFeatureProcessor(FeatureProcessor):
-        """FuxiCTR's FeatureProcessor plus two 'preprocess' hooks (FuxiCTR's extension point)."""
-
-        def signed_log1p(self, col):
-            x = pl.col(col).cast(pl.Float64)
-            return x.sign() * x.abs().log1p()
-
-        def missing_token(self, col):  # runs after fill_na(""): "" -> a real token
-            return pl.when(pl.col(col) == "").then(pl.lit(MISSING_TOKEN)).otherwise(pl.col(col))
-
-    class SeededParquetDataLoader(ParquetDataLoader):
-        """FuxiCTR's ParquetDataLoader with its (otherwise unseeded) Ray shuffle seeded per epoch."""
-
-        def __init__(self, *a, seed=0, **kw):
-            super().__init__(*a, **kw)
-            self._seed, self._epoch = seed, 0
-
-        def __iter__(self):
-            if not self.shuffle:
-                return super().__iter__()
-            dataset = self.dataset.materialize().random_shuffle(seed=self._seed * 1000 + self._epoch)
-            self._epoch += 1
-            return iter(dataset.iter_torch_batches(batch_size=self.batch_size, drop_last=False,
-                                                   prefetch_batches=self.num_workers))
-
-    class DCNv2(BaseModel):
-        """DCN-V2, parallel: cross net and MLP over the flat embeddings, concatenated -> linear."""
-
-        def __init__(self, feature_map, embedding_dim, mlp_units, num_cross_layers, cross_net, low_rank,
-                     learning_rate, **kwargs):
-            super().__init__(feature_map, model_id="DCNv2", **kwargs)
-            self.embedding_layer = FeatureEmbedding(feature_map, embedding_dim)
-            width = feature_map.sum_emb_out_dim()
-            self.crossnet = (CrossNetV2(width, num_cross_layers) if cross_net == "v2" else
-                             CrossNetMix(width, num_cross_layers, low_rank=low_rank, num_experts=1))
-            self.parallel_dnn = MLP_Block(input_dim=width, output_dim=None, hidden_units=mlp_units,
-                                          hidden_activations="ReLU", output_activation=None,
-                                          dropout_rates=0, batch_norm=False)
-            self.fc = nn.Linear(width + mlp_units[-1], 1)
-            self.compile(kwargs["optimizer"], kwargs["loss"], learning_rate)
-            self.reset_parameters()
-            self.model_to_device()
-
-        def forward(self, inputs):
-            X = self.get_inputs(inputs)
-            emb = self.embedding_layer(X, flatten_emb=True)
-            cross = self.crossnet(emb).view(emb.shape[0], -1)
-            out = self.fc(torch.cat([cross, self.parallel_dnn(emb)], dim=-1))
-            return {"y_pred": self.output_activation(out)}
-
-    class DeepFM(BaseModel):
-        """DeepFM: FactorizationMachine (bias + linear + pairwise FM) + MLP logit, shared embeddings."""
-
-        def __init__(self, feature_map, embedding_dim, mlp_units, learning_rate, **kwargs):
-            super().__init__(feature_map, model_id="DeepFM", **kwargs)
-            self.embedding_layer = FeatureEmbedding(feature_map, embedding_dim)
-            self.fm = FactorizationMachine(feature_map)
-            self.mlp = MLP_Block(input_dim=feature_map.sum_emb_out_dim(), output_dim=1, hidden_units=mlp_units,
-                                 hidden_activations="ReLU", output_activation=None,
-                                 dropout_rates=0, batch_norm=False)
-            self.compile(kwargs["optimizer"], kwargs["loss"], learning_rate)
-            self.reset_parameters()
-            self.model_to_device()
-
-        def forward(self, inputs):
-            X = self.get_inputs(inputs)
-            emb = self.embedding_layer(X)
-            logit = self.fm(X, emb) + self.mlp(emb.flatten(start_dim=1))
-            return {"y_pred": self.output_activation(logit)}
 
     with open(args.schema) as fh:
         schema = json.load(fh)
@@ -245,18 +284,24 @@ def main(argv=None):
         t0 = time.perf_counter()
         processor = KzooFeatureProcessor(feature_cols=feature_cols, label_col=label_col,
                                          dataset_id=dataset_id, data_root=work)
-        train_pq, valid_pq, test_pq = build_dataset(processor, train_data=os.path.abspath(args.train),
-                                                    valid_data=os.path.abspath(args.valid),
-                                                    test_data=os.path.abspath(args.test),
-                                                    data_format="csv")
+        if args.pipeline == "ray":
+            train_p, valid_p, test_p = build_dataset(processor, train_data=os.path.abspath(args.train),
+                                                     valid_data=os.path.abspath(args.valid),
+                                                     test_data=os.path.abspath(args.test), data_format="csv")
+        else:
+            train_p, valid_p, test_p = build_dataset_inprocess(processor, os.path.abspath(args.train),
+                                                               os.path.abspath(args.valid),
+                                                               os.path.abspath(args.test))
         feature_map = FeatureMap(dataset_id, data_dir)
         feature_map.load(os.path.join(data_dir, "feature_map.json"), {"embedding_dim": args.embedding_dim})
-        prep_seconds = time.perf_counter() - t0
-
+        if args.pipeline == "ray":
+            loaders = dict(data_format="parquet", data_loader=SeededParquetDataLoader, seed=args.seed)
+        else:  # torch DataLoader; its shuffle draws from torch's RNG, seeded by seed_everything
+            loaders = dict(data_format="npz", num_workers=args.loader_workers)
         train_gen, valid_gen, test_gen = RankDataLoader(
-            feature_map, stage="both", train_data=train_pq, valid_data=valid_pq, test_data=test_pq,
-            batch_size=args.batch_size, shuffle=True, data_format="parquet",
-            data_loader=SeededParquetDataLoader, seed=args.seed)
+            feature_map, stage="both", train_data=train_p, valid_data=valid_p, test_data=test_p,
+            batch_size=args.batch_size, shuffle=True, **loaders)
+        prep_seconds = time.perf_counter() - t0
 
         common = dict(gpu=-1, task="binary_classification", optimizer="adam", loss="binary_crossentropy",
                       metrics=["logloss", "AUC"], monitor="AUC", monitor_mode="max", verbose=0,
@@ -267,6 +312,7 @@ def main(argv=None):
                           args.low_rank, args.lr, **common)
         else:
             model = DeepFM(feature_map, args.embedding_dim, mlp, args.lr, **common)
+        os.makedirs(model.model_dir, exist_ok=True)  # BaseModel saves its checkpoint there
         params = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
 
         # Time BaseModel.fit, minus its end-of-epoch validation/checkpointing and final reload.
@@ -293,7 +339,8 @@ def main(argv=None):
         y_valid = np.concatenate([b[label_col["name"]].numpy().reshape(-1) for b in valid_gen])
         valid_auc, valid_logloss = metrics(y_valid, model.predict(valid_gen))
         y_test = np.concatenate([b[label_col["name"]].numpy().reshape(-1) for b in test_gen])
-        test_auc, test_logloss = metrics(y_test, model.predict(test_gen))
+        p_test = model.predict(test_gen)
+        test_auc, test_logloss = metrics(y_test, p_test)
 
         notes = [
             "model class written in this script on top of fuxictr's BaseModel (fit/train_step/Adam/BCE), "
@@ -312,12 +359,15 @@ def main(argv=None):
             "default), end-of-epoch validation + best checkpoint reload (1 epoch: final weights)",
             "init: FuxiCTR defaults (embeddings N(0, 1e-4), Linear xavier_normal, numeric embedding "
             "Linear(1, d) xavier_normal); kzoo's differ",
-            "data: FuxiCTR build_dataset (polars -> Ray map_batches -> parquet) and ParquetDataLoader "
-            "(Ray iter_torch_batches); the train shuffle is seeded by --seed (a subclass; stock FuxiCTR "
-            "leaves Ray's random_shuffle unseeded)",
+            ("data: FuxiCTR build_dataset (polars -> Ray map_batches -> parquet) and ParquetDataLoader "
+             "(Ray iter_torch_batches), read once before fit; train shuffle seeded by --seed (a subclass; "
+             "stock FuxiCTR leaves Ray's random_shuffle unseeded)") if args.pipeline == "ray" else
+            ("data: FuxiCTR FeatureProcessor read_data/preprocess/fit (train only)/transform run in-process "
+             "(build_dataset's steps minus its Ray map_batches), saved as .npz, batched by FuxiCTR's "
+             f"NpzDataLoader (torch DataLoader, num_workers={args.loader_workers}, shuffle seeded by --seed)"),
             "train_seconds: BaseModel.fit wall time minus its validation/checkpoint/reload; it includes "
-            "the Ray shuffle and batch iteration of the loader",
-            f"torch threads {torch.get_num_threads()}; CPU",
+            "the loader's shuffle and batching",
+            f"torch threads {torch.get_num_threads()}; CPU; flush denormals to zero: {flushing}",
         ]
         result = {
             "model": args.model,
@@ -332,6 +382,8 @@ def main(argv=None):
             "notes": notes,
             "valid_auc": valid_auc,
             "valid_logloss": valid_logloss,
+            "test_mean_prediction": float(np.mean(p_test)),
+            "test_positive_rate": float(np.mean(y_test)),
             "train_examples": trained_examples,
             "train_steps": steps,
             "fit_seconds_total": fit_seconds,
@@ -340,6 +392,7 @@ def main(argv=None):
                        "cross_net": args.cross_net, "low_rank": args.low_rank if args.cross_net == "mix" else None,
                        "batch_size": args.batch_size, "lr": args.lr, "epochs": args.epochs, "seed": args.seed,
                        "threads": args.threads, "missing_as_oov": args.missing_as_oov,
+                       "pipeline": args.pipeline, "flush_denormal": flushing,
                        "schema": os.path.basename(args.schema)},
         }
     finally:
