@@ -3,7 +3,7 @@
 
     python bench/throughput.py [--backend jax|tensorflow|both] [--rows 50000] [--batch-size 1024]
                                [--epochs 3] [--repeats 3] [--spec zoo_configs/dcn_v2.json]
-                               [--out bench/out/throughput.json] [--metrics] [--count-ops]
+                               [--out bench/out/throughput.json] [--steps 30] [--metrics] [--profile]
 
 Models (one backend, one process, the same cached tf.data batches, Adam, BCE, same batch size):
 
@@ -61,8 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
     p.add_argument("--metrics", action="store_true",
                    help="compile every model with the spec's metrics (AUC, logloss); default: loss only")
-    p.add_argument("--count-ops", action="store_true",
-                   help="also count the ops of each model's traced forward and train step")
+    p.add_argument("--steps", type=int, default=30,
+                   help="after the epochs, time N train steps per model on one fixed batch (0: skip)")
+    p.add_argument("--profile", action="store_true", help="also count the ops in each model's train step, by type")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in args.models if m not in MODELS]
@@ -138,7 +139,7 @@ def _numeric_embedding_class():
     return NumericEmbedding
 
 
-def hand_written(spec, stats, fused: bool, lr: float):
+def hand_written(spec, stats, fused: bool):
     """DCN-V2 (parallel) in plain Keras: the architecture of zoo_configs/dcn_v2.json.
 
     fused=False: one keras.layers.Embedding per categorical feature (what a user writes first).
@@ -195,88 +196,65 @@ def hand_written(spec, stats, fused: bool, lr: float):
     return keras.Model(inputs, {task: out}, name="fused" if fused else "per_feature")
 
 
-# ------------------------------------------------------------------------------------------ op counts
+# ------------------------------------------------------------------------------------- op counts, steps
 
 def count_ops(model, batch) -> dict:
-    """Ops of the traced forward pass and of one train step (the backend's own IR).
+    """Ops in one Keras train step (forward, gradients, Adam, loss tracker), by type.
 
-    JAX: jaxpr equations (primitives, inner jaxprs included) of stateless_call and of
-    value_and_grad of the loss. TF: graph ops of a tf.function of the forward pass and of
-    forward + GradientTape gradients (no optimizer in either; the optimizer's ops scale with the
-    number of variables, reported separately).
+    JAX: primitives of the jaxpr of `model.train_step` (nested jaxprs included), before XLA
+    fuses them. TF: ops of the graph of `tf.function(model.train_step)` (Const, Identity, NoOp,
+    Placeholder, ReadVariableOp left out). The op types that matter here: gather / scatter-add
+    (JAX) and GatherV2 / UnsortedSegmentSum (TF) are the embedding lookups and their gradients.
     """
     import collections
 
     import keras
 
-    x, y = batch
-    task = next(iter(y))
-    backend = keras.backend.backend()
-    out = {"variables": len(model.trainable_variables)}
-    if backend == "jax":
+    c = collections.Counter()
+    if keras.backend.backend() == "jax":
         import jax
-        import jax.numpy as jnp
 
-        tv = [v.value for v in model.trainable_variables]
-        ntv = [v.value for v in model.non_trainable_variables]
-        xj = {k: jnp.asarray(v) for k, v in x.items()}
-        yj = jnp.asarray(y[task])
+        state = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables],
+                 [v.value for v in model.optimizer.variables], [v.value for v in model.metrics_variables])
 
-        def forward(tv, ntv, x):
-            return model.stateless_call(tv, ntv, x)[0][task]
-
-        def loss(tv, ntv, x, y):
-            p = jnp.clip(forward(tv, ntv, x), 1e-7, 1 - 1e-7)
-            return -jnp.mean(y * jnp.log(p) + (1 - y) * jnp.log(1 - p))
-
-        def flat(closed):
-            c = collections.Counter()
-            _walk(closed.jaxpr, c)
-            return c
-
-        def _walk(jaxpr, c):
+        def walk(jaxpr):
             for e in jaxpr.eqns:
                 c[e.primitive.name] += 1
                 for v in e.params.values():
                     for sub in (v if isinstance(v, (list, tuple)) else [v]):
-                        inner = getattr(sub, "jaxpr", None)
-                        if inner is not None and hasattr(inner, "eqns"):
-                            _walk(inner, c)
-                        elif hasattr(sub, "eqns"):
-                            _walk(sub, c)
+                        inner = getattr(sub, "jaxpr", sub)
+                        if hasattr(inner, "eqns"):
+                            walk(inner)
 
-        fwd = flat(jax.make_jaxpr(forward)(tv, ntv, xj))
-        step = flat(jax.make_jaxpr(jax.value_and_grad(loss))(tv, ntv, xj, yj))
+        walk(jax.make_jaxpr(model.train_step)(state, batch).jaxpr)
+        skip = {"pjit", "jit", "custom_jvp_call", "custom_vjp_call"}
     else:
         import tensorflow as tf
 
-        specs = {k: tf.TensorSpec([None, 1], v.dtype, name=k) for k, v in x.items()}
+        fn = tf.function(model.train_step).get_concrete_function(batch)
+        c.update(op.type for op in fn.graph.get_operations())
+        skip = {"Placeholder", "Identity", "NoOp", "Const", "ReadVariableOp"}
+    by_type = {k: v for k, v in sorted(c.items(), key=lambda kv: (-kv[1], kv[0])) if k not in skip}
+    return {"total": sum(by_type.values()), "by_type": by_type}
 
-        @tf.function(input_signature=[specs])
-        def forward(x):
-            return model(x, training=True)[task]
 
-        @tf.function(input_signature=[specs, tf.TensorSpec([None, 1], tf.float32)])
-        def step(x, y):
-            with tf.GradientTape() as tape:
-                p = tf.clip_by_value(model(x, training=True)[task], 1e-7, 1 - 1e-7)
-                loss = -tf.reduce_mean(y * tf.math.log(p) + (1 - y) * tf.math.log(1 - p))
-            return tape.gradient(loss, model.trainable_variables)
+def time_steps(models: dict, batch, n: int) -> dict:
+    """The compiled train step on one fixed batch (`train_on_batch`, which waits for its result),
+    the models round-robin, n times each: min and quartiles in ms. The minimum is what a step costs
+    when nothing else competes for the cores, so it is the least noisy figure on a shared machine."""
+    import numpy as np
 
-        def graph_ops(fn, *sig):
-            c = collections.Counter()
-            for op in fn.get_concrete_function(*sig).graph.get_operations():
-                c[op.type] += 1
-            return c
-
-        fwd = graph_ops(forward)
-        step = graph_ops(step)
-    skip = {"Placeholder", "Identity", "NoOp", "Const", "ReadVariableOp", "pjit"}
-    for name, c in (("forward", fwd), ("train_step", step)):
-        out[name] = {"total": sum(v for k, v in c.items() if k not in skip),
-                     "by_type": dict(sorted(((k, v) for k, v in c.items() if k not in skip),
-                                            key=lambda kv: (-kv[1], kv[0])))}
-    return out
+    x, y = batch
+    times = {name: [] for name in models}
+    for m in models.values():
+        m.train_on_batch(x, y)  # the fixed-batch path: compiled already by the warm-up, but once more to be sure
+    for _ in range(n):
+        for name, m in models.items():
+            t = time.perf_counter()
+            m.train_on_batch(x, y)
+            times[name].append(1000 * (time.perf_counter() - t))
+    return {name: {"min": float(np.min(ts)), "p25": float(np.percentile(ts, 25)), "median": float(np.median(ts)),
+                   "all": ts} for name, ts in times.items()}
 
 
 # ----------------------------------------------------------------------------------------- one backend
@@ -289,8 +267,6 @@ def run_backend(args) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     import keras
-    import numpy as np
-    import tensorflow as tf
 
     from kzoo.features import Preprocessor, fit_stats
     from kzoo.graph import build
@@ -325,7 +301,7 @@ def run_backend(args) -> dict:
         if name == "kzoo":
             model = build(spec, stats)
         else:
-            model = hand_written(spec, stats, fused=(name == "keras_fused"), lr=lr)
+            model = hand_written(spec, stats, fused=(name == "keras_fused"))
         metrics = None
         if args.metrics:
             metrics = {task: [keras.metrics.AUC(name="auc", num_thresholds=1000),
@@ -344,25 +320,22 @@ def run_backend(args) -> dict:
         log(f"[{backend}] built {name}: {info[name]['params']:,} params, {info[name]['variables']} variables, "
             f"{info[name]['layers']} layers")
 
-    if args.count_ops:
-        batch = next(iter(ds.take(1)))
-        batch = ({k: v.numpy() for k, v in batch[0].items()}, {k: v.numpy() for k, v in batch[1].items()})
-        for name, m in models.items():
-            info[name]["ops"] = count_ops(m, batch)
-            o = info[name]["ops"]
-            top = ", ".join(f"{k} {v}" for k, v in list(o["train_step"]["by_type"].items())[:8])
-            log(f"[{backend}] ops {name}: forward {o['forward']['total']}, forward+grad {o['train_step']['total']} ({top})")
+    first = next(iter(ds.take(1)))
+    batch = ({k: v.numpy() for k, v in first[0].items()}, {k: v.numpy() for k, v in first[1].items()})
 
     class EpochTimer(keras.callbacks.Callback):
+        """Wall and process CPU seconds per epoch (CPU time: all threads of this process)."""
+
         def __init__(self):
             super().__init__()
-            self.seconds = []
+            self.seconds, self.cpu_seconds = [], []
 
         def on_epoch_begin(self, epoch, logs=None):
-            self._t = time.perf_counter()
+            self._t, self._c = time.perf_counter(), time.process_time()
 
-        def on_epoch_end(self, epoch, logs=None):  # logs hold the epoch's loss: the step results are ready
+        def on_epoch_end(self, epoch, logs=None):  # the epoch's loss is in `logs`: its steps have finished
             self.seconds.append(time.perf_counter() - self._t)
+            self.cpu_seconds.append(time.process_time() - self._c)
 
     # ---- warm-up: compiles the train step (full and last partial batch); not timed
     for name, m in models.items():
@@ -371,8 +344,14 @@ def run_backend(args) -> dict:
         log(f"[{backend}] warm-up {name}: 1 epoch in {time.perf_counter() - t:.1f}s (includes compilation); "
             f"jit_compile={getattr(m, 'jit_compile', None)}")
 
+    if args.profile:  # after the warm-up: the optimizer is built
+        for name, m in models.items():
+            info[name]["train_step_ops"] = ops = count_ops(m, batch)
+            top = ", ".join(f"{k} {v}" for k, v in list(ops["by_type"].items())[:10])
+            log(f"[{backend}] ops in {name}'s train step: {ops['total']} ({top})")
+
     # ---- timed: models interleaved, order rotating per repeat
-    results = {name: {"epoch_seconds": [], "repeat_examples_per_s": []} for name in models}
+    results = {name: {"epoch_seconds": [], "epoch_cpu_seconds": [], "repeat_examples_per_s": []} for name in models}
     names = list(models)
     for r in range(args.repeats):
         order = names[r % len(names):] + names[:r % len(names)]
@@ -380,33 +359,50 @@ def run_backend(args) -> dict:
             timer = EpochTimer()
             hist = models[name].fit(ds, epochs=args.epochs, verbose=0, shuffle=False, callbacks=[timer])
             results[name]["epoch_seconds"].extend(timer.seconds)
+            results[name]["epoch_cpu_seconds"].extend(timer.cpu_seconds)
             eps = examples * len(timer.seconds) / sum(timer.seconds)
             results[name]["repeat_examples_per_s"].append(eps)
-            log(f"[{backend}] repeat {r + 1}/{args.repeats} {name:<17} {eps:10,.0f} examples/s "
-                f"(epochs {', '.join(f'{s:.2f}s' for s in timer.seconds)}; loss {hist.history['loss'][-1]:.4f})")
+            log(f"[{backend}] repeat {r + 1}/{args.repeats} {name:<17} {eps:9,.0f} examples/s "
+                f"(epochs {', '.join(f'{s:.2f}s' for s in timer.seconds)}; "
+                f"CPU {sum(timer.cpu_seconds) / sum(timer.seconds):.2f} cores; loss {hist.history['loss'][-1]:.4f})")
+
+    steps = time_steps(models, batch, args.steps) if args.steps else {}
+    for name, st in steps.items():
+        log(f"[{backend}] fixed-batch train step {name:<17} min {st['min']:6.1f} ms, p25 {st['p25']:6.1f}, "
+            f"median {st['median']:6.1f}")
 
     for name, res in results.items():
         eps = [examples / s for s in res["epoch_seconds"]]
         res["examples_per_s_median"] = statistics.median(eps)
         res["examples_per_s_all"] = eps
-        res["step_ms_median"] = 1000 * statistics.median(res["epoch_seconds"]) / n_batches
+        res["examples_per_cpu_s_median"] = statistics.median(examples / c for c in res["epoch_cpu_seconds"])
+        res["epoch_step_ms_median"] = 1000 * statistics.median(res["epoch_seconds"]) / n_batches
+        if name in steps:
+            res["fixed_batch_step_ms"] = steps[name]
         res.update(info[name])
 
     ratios = {}
     if "kzoo" in results:
+        k = results["kzoo"]
         for hand in HAND:
             if hand not in results:
                 continue
-            paired = [a / b for a, b in zip(results["kzoo"]["repeat_examples_per_s"],
-                                            results[hand]["repeat_examples_per_s"])]
-            ratios[f"kzoo/{hand}"] = {
-                "ratio_of_medians": results["kzoo"]["examples_per_s_median"] / results[hand]["examples_per_s_median"],
-                "median_paired_ratio": statistics.median(paired),
-                "paired_ratios": paired,
+            h = results[hand]
+            paired = [a / b for a, b in zip(k["repeat_examples_per_s"], h["repeat_examples_per_s"])]
+            ratios[f"kzoo/{hand}"] = r = {
+                "examples_per_s": k["examples_per_s_median"] / h["examples_per_s_median"],
+                "examples_per_s_paired_median": statistics.median(paired),
+                "paired": paired,
+                "examples_per_cpu_s": k["examples_per_cpu_s_median"] / h["examples_per_cpu_s_median"],
             }
+            if steps:
+                r["fixed_batch_step_min"] = h["fixed_batch_step_ms"]["min"] / k["fixed_batch_step_ms"]["min"]
+                r["fixed_batch_step_p25"] = h["fixed_batch_step_ms"]["p25"] / k["fixed_batch_step_ms"]["p25"]
     for key, r in ratios.items():
-        log(f"[{backend}] {key}: {r['ratio_of_medians']:.3f} (median of per-repeat ratios "
-            f"{r['median_paired_ratio']:.3f})")
+        extra = (f", fixed-batch step min {r['fixed_batch_step_min']:.3f} / p25 {r['fixed_batch_step_p25']:.3f}"
+                 if "fixed_batch_step_min" in r else "")
+        log(f"[{backend}] {key}: examples/s {r['examples_per_s']:.3f} (per-repeat pairs, median "
+            f"{r['examples_per_s_paired_median']:.3f}), examples/CPU-s {r['examples_per_cpu_s']:.3f}{extra}")
 
     return {
         "backend": backend,
@@ -421,12 +417,22 @@ def run_backend(args) -> dict:
 # ------------------------------------------------------------------------------------------ reporting
 
 def table(result: dict) -> str:
-    lines = [f"{'backend':<11} {'model':<18} {'examples/s':>11} {'step ms':>8} {'params':>10}  kzoo/this"]
+    """Per backend and model: median examples/s, kzoo/this; examples per CPU-second, kzoo/this;
+    fixed-batch step min (ms), this/kzoo (a speed ratio, like the others)."""
+    head = (f"{'backend':<11} {'model':<18} {'examples/s':>10} {'kzoo/this':>9} {'ex/CPU-s':>9} {'kzoo/this':>9} "
+            f"{'step min ms':>11} {'kzoo/this':>9}")
+    lines = [head, "-" * len(head)]
     for backend, r in result["backends"].items():
         for name, m in r["models"].items():
-            ratio = r["ratios"].get(f"kzoo/{name}", {}).get("ratio_of_medians")
-            lines.append(f"{backend:<11} {name:<18} {m['examples_per_s_median']:11,.0f} {m['step_ms_median']:8.1f} "
-                         f"{m['params']:10,}  {'' if ratio is None else f'{ratio:.3f}'}")
+            q = r["ratios"].get(f"kzoo/{name}", {})
+
+            def fmt(v):
+                return f"{v:9.3f}" if v is not None else f"{'':9}"
+
+            step = m.get("fixed_batch_step_ms", {}).get("min")
+            lines.append(f"{backend:<11} {name:<18} {m['examples_per_s_median']:10,.0f} {fmt(q.get('examples_per_s'))} "
+                         f"{m['examples_per_cpu_s_median']:9,.0f} {fmt(q.get('examples_per_cpu_s'))} "
+                         f"{'' if step is None else f'{step:11.1f}':>11} {fmt(q.get('fixed_batch_step_min'))}")
     return "\n".join(lines)
 
 
@@ -434,7 +440,7 @@ def run_config(args) -> dict:
     return {"spec": os.path.relpath(args.spec, ROOT) if Path(args.spec).is_absolute() else args.spec,
             "data": f"synthetic:{args.rows}", "rows": args.rows, "batch_size": args.batch_size,
             "epochs": args.epochs, "repeats": args.repeats, "models": args.models,
-            "metrics": bool(args.metrics), "optimizer": "adam", "loss": "bce"}
+            "metrics": bool(args.metrics), "fixed_batch_steps": args.steps, "optimizer": "adam", "loss": "bce"}
 
 
 def child_argv(args, backend: str, out: str) -> list[str]:
@@ -443,8 +449,9 @@ def child_argv(args, backend: str, out: str) -> list[str]:
             "--spec", args.spec, "--out", out, "--models", ",".join(args.models)]
     if args.metrics:
         argv.append("--metrics")
-    if args.count_ops:
-        argv.append("--count-ops")
+    argv += ["--steps", str(args.steps)]
+    if args.profile:
+        argv.append("--profile")
     return argv
 
 

@@ -44,3 +44,82 @@ def make_optimizer(cfg: dict | None, schedule: dict | None = None) -> keras.opti
     if schedule:
         lr = WarmupExponentialDecay(lr, **schedule)
     return _OPTIMIZERS[kind](learning_rate=lr, **cfg)
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class SplitOptimizer(keras.optimizers.Optimizer):
+    """One optimizer for embedding tables, another for the dense weights.
+
+    The common CTR recipe (e.g. Adagrad for the sparse tables, Adam for the MLPs). Keras 3 has
+    no MultiOptimizer, so this wrapper partitions the variables at build time by path and
+    hands each part to its optimizer. Its `variables` include both sub-optimizers' state, so
+    the JAX trainer's stateless apply and BackupAndRestore carry all of it.
+
+    Args:
+        embedding_optimizer: keras Optimizer for variables whose path is in `embedding_paths`.
+        dense_optimizer: keras Optimizer for every other variable.
+        embedding_paths: list of str. Variable paths of the embedding tables.
+    """
+
+    def __init__(self, embedding_optimizer, dense_optimizer, embedding_paths=(), name="split_optimizer", **kwargs):
+        kwargs.pop("learning_rate", None)
+        super().__init__(learning_rate=0.0, name=name, **kwargs)
+        if isinstance(embedding_optimizer, dict):
+            embedding_optimizer = keras.optimizers.deserialize(embedding_optimizer)
+        if isinstance(dense_optimizer, dict):
+            dense_optimizer = keras.optimizers.deserialize(dense_optimizer)
+        self.embedding_optimizer = embedding_optimizer
+        self.dense_optimizer = dense_optimizer
+        self.embedding_paths = list(embedding_paths)
+
+    def _is_embedding(self, variable) -> bool:
+        return variable.path in self.embedding_paths
+
+    def build(self, variables):
+        super().build(variables)
+        self.embedding_optimizer.build([v for v in variables if self._is_embedding(v)])
+        self.dense_optimizer.build([v for v in variables if not self._is_embedding(v)])
+
+    @property
+    def variables(self):
+        return self._variables[:] + self.embedding_optimizer.variables + self.dense_optimizer.variables
+
+    def apply(self, grads, trainable_variables=None):
+        if trainable_variables is None:
+            trainable_variables = self._trainable_variables
+        elif not self.built:
+            self.build(list(trainable_variables))
+        parts = {True: ([], []), False: ([], [])}
+        for g, v in zip(grads, trainable_variables):
+            if g is not None:
+                parts[self._is_embedding(v)][0].append(g)
+                parts[self._is_embedding(v)][1].append(v)
+        if parts[True][0]:
+            self.embedding_optimizer.apply(*parts[True])
+        if parts[False][0]:
+            self.dense_optimizer.apply(*parts[False])
+        self._iterations.assign_add(1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(embedding_optimizer=keras.optimizers.serialize(self.embedding_optimizer),
+                      dense_optimizer=keras.optimizers.serialize(self.dense_optimizer),
+                      embedding_paths=self.embedding_paths)
+        return config
+
+
+def embedding_variable_paths(model: keras.Model) -> list[str]:
+    """Paths of the embedding tables of every feature block in `model`."""
+    from blocks.core import FeatureEmbedding
+
+    return [layer.embeddings.path for layer in model._flatten_layers()
+            if isinstance(layer, FeatureEmbedding) and layer.embeddings is not None]
+
+
+def make_model_optimizer(model: keras.Model, train_cfg: dict) -> keras.optimizers.Optimizer:
+    """The spec's optimizer; a SplitOptimizer when `embedding_optimizer` is set."""
+    dense = make_optimizer(train_cfg.get("optimizer"), train_cfg.get("schedule"))
+    if not train_cfg.get("embedding_optimizer"):
+        return dense
+    sparse = make_optimizer(train_cfg["embedding_optimizer"], train_cfg.get("schedule"))
+    return SplitOptimizer(sparse, dense, embedding_variable_paths(model))

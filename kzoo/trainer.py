@@ -29,7 +29,7 @@ from kzoo import metrics as kmetrics
 from kzoo.features import Preprocessor, fit_stats, raw_arrays
 from kzoo.graph import build
 from kzoo.losses import make_loss
-from kzoo.optim import make_optimizer
+from kzoo.optim import make_model_optimizer
 from kzoo.spec import Spec, load_spec
 
 DEFAULTS = {"batch_size": 512, "epochs": 1, "seed": 0}
@@ -78,7 +78,7 @@ def compile_model(model: keras.Model, spec: Spec, steps_per_epoch: int | None = 
                        "mae": lambda: keras.metrics.MeanAbsoluteError(name="mae"),
                        "mse": lambda: keras.metrics.MeanSquaredError(name="mse")}[m]())
         metrics[t["name"]] = ms
-    model.compile(optimizer=make_optimizer(cfg.get("optimizer"), cfg.get("schedule")),
+    model.compile(optimizer=make_model_optimizer(model, cfg),
                   loss=losses, loss_weights=weights, metrics=metrics)
 
 
@@ -180,7 +180,7 @@ def load_run(run) -> tuple[Spec, dict, keras.Model]:
                                     "(train it with `kzoo train SPEC --out RUN`)")
     spec = load_spec(run / "spec.json")
     prep = json.loads((run / "preprocessing.json").read_text())
-    model = keras.models.load_model(run / "model.keras")
+    model = keras.models.load_model(run / "model.keras", compile=False)
     return spec, prep, model
 
 

@@ -71,6 +71,11 @@ def parse_args(argv=None):
                    help="torch.set_flush_denormal: on by default, as TensorFlow and XLA's CPU runtimes do; "
                         "torch's own default is off, and FuxiCTR's N(0, 1e-4) embeddings + Adam then hit "
                         "denormal floats that are ~10x slower on CPU")
+    p.add_argument("--init", choices=["fuxictr", "kzoo"], default="fuxictr",
+                   help="fuxictr: the library's defaults (embeddings N(0, 1e-4); every nn.Linear, including "
+                        "the Linear(1, d) embedding of a numeric feature and the LR weight of a numeric "
+                        "feature, xavier_normal); kzoo: embeddings and numeric embeddings N(0, 0.05), "
+                        "linear-term (LR) weights 0, as kzoo's FeatureEmbedding/Linear blocks")
     p.add_argument("--missing-as-oov", action="store_true",
                    help="FuxiCTR's native handling of a missing categorical (shares the OOV id); "
                         "default: missing is a token of its own, as in kzoo")
@@ -121,6 +126,27 @@ class SeededParquetDataLoader(ParquetDataLoader):
         self._epoch += 1
         return iter(dataset.iter_torch_batches(batch_size=self.batch_size, drop_last=False,
                                                prefetch_batches=self.num_workers))
+
+
+def kzoo_init(model):
+    """Re-initialise the embedding tables the way kzoo's blocks do (dense layers stay xavier)."""
+    from fuxictr.pytorch.layers import FeatureEmbeddingDict
+    from fuxictr.pytorch.layers.blocks.logistic_regression import LogisticRegression
+    linear_tables = set()
+    for module in model.modules():
+        if isinstance(module, LogisticRegression):
+            linear_tables.update(id(m) for m in module.modules())
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, FeatureEmbeddingDict):
+                continue
+            for layer in module.embedding_layers.values():
+                if id(layer) in linear_tables:
+                    nn.init.zeros_(layer.weight)
+                else:
+                    nn.init.normal_(layer.weight, std=0.05)
+                    if isinstance(layer, nn.Embedding) and layer.padding_idx is not None:
+                        layer.weight[layer.padding_idx].zero_()
 
 
 def build_dataset_inprocess(processor, train, valid, test):
@@ -312,6 +338,8 @@ def main(argv=None):
                           args.low_rank, args.lr, **common)
         else:
             model = DeepFM(feature_map, args.embedding_dim, mlp, args.lr, **common)
+        if args.init == "kzoo":
+            kzoo_init(model)
         os.makedirs(model.model_dir, exist_ok=True)  # BaseModel saves its checkpoint there
         params = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
 
@@ -357,8 +385,11 @@ def main(argv=None):
         notes += [
             "training loop: FuxiCTR BaseModel.fit -- Adam, mean BCE, grad-norm clipping at 10 (FuxiCTR "
             "default), end-of-epoch validation + best checkpoint reload (1 epoch: final weights)",
-            "init: FuxiCTR defaults (embeddings N(0, 1e-4), Linear xavier_normal, numeric embedding "
-            "Linear(1, d) xavier_normal); kzoo's differ",
+            ("init: FuxiCTR defaults -- embeddings N(0, 1e-4); every nn.Linear xavier_normal, including a "
+             "numeric feature's Linear(1, d) embedding (std ~0.34 at d=16) and its LR weight (std 1); kzoo: "
+             "N(0, 0.05) embeddings, linear term 0") if args.init == "fuxictr" else
+            ("init: --init kzoo -- embeddings and numeric embeddings N(0, 0.05), LR weights 0 (kzoo's "
+             "FeatureEmbedding/Linear); dense layers keep FuxiCTR's xavier_normal (kzoo: glorot_uniform)"),
             ("data: FuxiCTR build_dataset (polars -> Ray map_batches -> parquet) and ParquetDataLoader "
              "(Ray iter_torch_batches), read once before fit; train shuffle seeded by --seed (a subclass; "
              "stock FuxiCTR leaves Ray's random_shuffle unseeded)") if args.pipeline == "ray" else
@@ -392,7 +423,7 @@ def main(argv=None):
                        "cross_net": args.cross_net, "low_rank": args.low_rank if args.cross_net == "mix" else None,
                        "batch_size": args.batch_size, "lr": args.lr, "epochs": args.epochs, "seed": args.seed,
                        "threads": args.threads, "missing_as_oov": args.missing_as_oov,
-                       "pipeline": args.pipeline, "flush_denormal": flushing,
+                       "pipeline": args.pipeline, "init": args.init, "flush_denormal": flushing,
                        "schema": os.path.basename(args.schema)},
         }
     finally:
