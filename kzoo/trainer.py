@@ -142,11 +142,19 @@ def train(spec, data="synthetic", out=None, *, epochs=None, batch_size=None, see
         callbacks.append(_FailAfterEpoch(fail_after_epoch))
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+    fit_start = time.time()
+    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=verbose,
+                        shuffle=False)
+    fit_seconds = time.time() - fit_start
+    epochs_run = len(history.epoch)
 
     model.save(out / "model.keras")
     result = evaluate_frame(model, spec, pre, test_df, batch_size)
     result["seconds"] = round(time.time() - start, 2)
+    result["params"] = int(model.count_params())
+    # Wall time of this process's fit() (first-step compilation included; validation included).
+    result["fit_seconds"] = round(fit_seconds, 2)
+    result["train_examples_per_s"] = round(len(train_df) * epochs_run / fit_seconds, 1) if epochs_run else None
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     plot_curves(out / "history.csv", out / "curves.png", spec)
     shutil.rmtree(backup, ignore_errors=True)
