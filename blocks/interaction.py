@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import keras
 import keras_rs
 from keras import ops
 

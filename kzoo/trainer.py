@@ -15,7 +15,6 @@ Running the same command again after a crash resumes from the last finished epoc
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time

@@ -31,7 +31,7 @@ def columns(rows, signature: dict) -> dict[str, np.ndarray]:
     """
     import pandas as pd
 
-    from kzoo.data import _to_float, _to_text
+    from kzoo.data import to_float, to_text
 
     if hasattr(rows, "to_dict") and hasattr(rows, "columns"):
         rows = {c: rows[c].to_numpy() for c in rows.columns}
@@ -53,12 +53,12 @@ def columns(rows, signature: dict) -> dict[str, np.ndarray]:
             continue
         values = pd.Series(array.tolist(), dtype=object)
         if dtype == "string":
-            out[name] = _to_text(values.map(lambda v: v.decode() if isinstance(v, bytes) else v))
+            out[name] = to_text(values.map(lambda v: v.decode() if isinstance(v, bytes) else v))
         elif dtype.startswith("float"):
-            out[name] = _to_float(values, name, missing_ok=True).astype(_NP[dtype])
+            out[name] = to_float(values, name, missing_ok=True).astype(_NP[dtype])
         else:
             # As kzoo.features.raw_arrays reads ids: from their text, so 7.0 and "7" are id 7.
-            text = pd.Series(_to_text(values), dtype=object)
+            text = pd.Series(to_text(values), dtype=object)
             numbers = pd.to_numeric(text.where(text != "", np.nan), errors="coerce")
             bad = np.flatnonzero((numbers.isna() & (text != "")).to_numpy() |
                                  (numbers.notna() & (numbers != numbers.round())).to_numpy())

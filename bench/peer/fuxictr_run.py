@@ -5,12 +5,13 @@ module, so that venv needs neither TensorFlow nor JAX. Inputs are the already-sp
 that the kzoo side wrote (label + features; categoricals as text, numerics as floats, empty =
 missing) and kzoo's dataset schema JSON (kzoo/datasets/criteo.json format).
 
-What runs is FuxiCTR's: FeatureProcessor + build_dataset (polars -> Ray -> parquet),
-RankDataLoader/ParquetDataLoader, BaseModel's fit/train_step (Adam, BCE, its grad clipping),
-FeatureEmbedding, MLP_Block, CrossNetV2 (or CrossNetMix), FactorizationMachine. The PyPI
-package ships no model classes (DCNv2/DeepFM live in the FuxiCTR repository's model_zoo/, which
-is not published on PyPI), so the two thin model classes below are written here on top of
-those building blocks, following the model zoo's structure; "notes" in the output says so.
+What runs is FuxiCTR's: FeatureProcessor (read_data/preprocess/fit/transform), its data loaders
+(NpzDataLoader by default; build_dataset + Ray ParquetDataLoader with --pipeline ray),
+BaseModel's fit/train_step (Adam, BCE, its grad clipping), FeatureEmbedding, MLP_Block,
+CrossNetV2 (or CrossNetMix), FactorizationMachine. The PyPI package ships no model classes
+(DCNv2/DeepFM live in the FuxiCTR repository's model_zoo/, which is not published on PyPI), so
+the two thin model classes below are written here on top of those building blocks, following
+the model zoo's structure; "notes" in the output says so. bench/peer/README.md has the details.
 
 Example:
     bench/peer/.venv/bin/python bench/peer/fuxictr_run.py --train /tmp/peer/train.csv \
@@ -332,7 +333,11 @@ def main(argv=None):
         common = dict(gpu=-1, task="binary_classification", optimizer="adam", loss="binary_crossentropy",
                       metrics=["logloss", "AUC"], monitor="AUC", monitor_mode="max", verbose=0,
                       model_root=os.path.join(work, "checkpoints"), embedding_regularizer=None,
-                      net_regularizer=None, early_stop_patience=2, save_best_only=True)
+                      net_regularizer=None,
+                      # a fixed number of epochs and the final weights, as kzoo trains: no early stop,
+                      # no LR decay on plateau, and fit's closing reload loads the last checkpoint
+                      early_stop_patience=args.epochs + 1, reduce_lr_on_plateau=False,
+                      save_best_only=False)
         if args.model == "DCNv2":
             model = DCNv2(feature_map, args.embedding_dim, mlp, args.cross_layers, args.cross_net,
                           args.low_rank, args.lr, **common)
@@ -384,7 +389,8 @@ def main(argv=None):
                          "unlike kzoo's linear U V^T)")
         notes += [
             "training loop: FuxiCTR BaseModel.fit -- Adam, mean BCE, grad-norm clipping at 10 (FuxiCTR "
-            "default), end-of-epoch validation + best checkpoint reload (1 epoch: final weights)",
+            "default), validation after each epoch; early stopping and LR decay on plateau off and the "
+            "last checkpoint kept, so it trains --epochs epochs and keeps the final weights, as kzoo",
             ("init: FuxiCTR defaults -- embeddings N(0, 1e-4); every nn.Linear xavier_normal, including a "
              "numeric feature's Linear(1, d) embedding (std ~0.34 at d=16) and its LR weight (std 1); kzoo: "
              "N(0, 0.05) embeddings, linear term 0") if args.init == "fuxictr" else
