@@ -113,13 +113,16 @@ class Preprocessor:
         for f in self.used:
             if f["type"] == "numeric":
                 continue
+            if "max_id" in f:
+                continue  # bounded integer ids need no table
             if "hash_buckets" in f:
-                self.layers[f["name"]] = keras.layers.Hashing(num_bins=int(f["hash_buckets"]), name=f"hash_{f['name']}")
-            elif "max_id" not in f:
-                self.layers[f["name"]] = keras.layers.StringLookup(
+                layer = keras.layers.Hashing(num_bins=int(f["hash_buckets"]), name=f"hash_{f['name']}")
+            else:
+                layer = keras.layers.StringLookup(
                     vocabulary=stats[f["name"]]["vocab"] or ["<empty>"], num_oov_indices=OOV, mask_token=None,
                     name=f"lookup_{f['name']}")
-            self.layers[f["name"]].build((None,))  # ExportArchive only tracks built layers
+            layer.build((None,))  # ExportArchive only tracks built layers
+            self.layers[f["name"]] = layer
 
     def __call__(self, raw: dict) -> dict:
         tf = self.tf

@@ -67,6 +67,9 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=0.003)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=False,
+                   help="shuffle the training rows each epoch (FuxiCTR's usual setting; seeded). Off by "
+                        "default: kzoo feeds the train split in its row order, so both see the same batches")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--flush-denormal", action=argparse.BooleanOptionalAction, default=True,
                    help="torch.set_flush_denormal: on by default, as TensorFlow and XLA's CPU runtimes do; "
@@ -121,7 +124,7 @@ class SeededParquetDataLoader(ParquetDataLoader):
         self._seed, self._epoch = seed, 0
 
     def __iter__(self):
-        if not self.shuffle:
+        if not self.shuffle:  # Ray Data does not promise row order (preserve_order is off)
             return super().__iter__()
         dataset = self.dataset.random_shuffle(seed=self._seed * 1000 + self._epoch)
         self._epoch += 1
@@ -327,7 +330,7 @@ def main(argv=None):
             loaders = dict(data_format="npz", num_workers=args.loader_workers)
         train_gen, valid_gen, test_gen = RankDataLoader(
             feature_map, stage="both", train_data=train_p, valid_data=valid_p, test_data=test_p,
-            batch_size=args.batch_size, shuffle=True, **loaders)
+            batch_size=args.batch_size, shuffle=args.shuffle, **loaders)
         prep_seconds = time.perf_counter() - t0
 
         common = dict(gpu=-1, task="binary_classification", optimizer="adam", loss="binary_crossentropy",
@@ -402,8 +405,11 @@ def main(argv=None):
             ("data: FuxiCTR FeatureProcessor read_data/preprocess/fit (train only)/transform run in-process "
              "(build_dataset's steps minus its Ray map_batches), saved as .npz, batched by FuxiCTR's "
              f"NpzDataLoader (torch DataLoader, num_workers={args.loader_workers}, shuffle seeded by --seed)"),
-            "train_seconds: BaseModel.fit wall time minus its validation/checkpoint/reload; it includes "
-            "the loader's shuffle and batching",
+            "train_seconds: BaseModel.fit wall time minus its validation/checkpoint/reload (it includes "
+            "the loader's batching); fit_examples_per_s counts the whole fit, validation included, the way "
+            "kzoo's metrics.json train_examples_per_s does",
+            ("train rows shuffled each epoch (seeded)" if args.shuffle else
+             "train rows in the split's order, unshuffled, as kzoo feeds them (same batches)"),
             f"torch threads {torch.get_num_threads()}; CPU; flush denormals to zero: {flushing}",
         ]
         result = {
@@ -411,6 +417,7 @@ def main(argv=None):
             "test_auc": test_auc,
             "test_logloss": test_logloss,
             "train_examples_per_s": trained_examples / train_seconds,
+            "fit_examples_per_s": trained_examples / fit_seconds,
             "train_seconds": train_seconds,
             "params": params,
             "fuxictr_version": fuxictr.__version__ if hasattr(fuxictr, "__version__") else
@@ -429,7 +436,8 @@ def main(argv=None):
                        "cross_net": args.cross_net, "low_rank": args.low_rank if args.cross_net == "mix" else None,
                        "batch_size": args.batch_size, "lr": args.lr, "epochs": args.epochs, "seed": args.seed,
                        "threads": args.threads, "missing_as_oov": args.missing_as_oov,
-                       "pipeline": args.pipeline, "init": args.init, "flush_denormal": flushing,
+                       "pipeline": args.pipeline, "init": args.init,
+                       "shuffle": args.shuffle, "flush_denormal": flushing,
                        "schema": os.path.basename(args.schema)},
         }
     finally:
