@@ -120,3 +120,31 @@ def test_resume_after_crash_ends_where_uninterrupted_run_does(tmp_path):
     np.testing.assert_allclose(history["loss"], pd.read_csv(tmp_path / "whole" / "history.csv")["loss"], rtol=1e-5)
     assert resumed["ctr"]["auc"] == pytest.approx(whole["ctr"]["auc"], abs=1e-6)
     assert resumed["ctr"]["logloss"] == pytest.approx(whole["ctr"]["logloss"], abs=1e-6)
+
+
+def test_cli_evaluate_reproduces_test_metrics(trained):
+    run, _, _ = trained
+    done = kzoo_cli("evaluate", run)
+    auc = json.loads((run / "metrics.json").read_text())["ctr"]["auc"]
+    assert f"auc={auc:.4f}" in done.stdout
+
+
+def test_cli_list_and_schema():
+    listed = kzoo_cli("list").stdout
+    for path in (REPO / "zoo_configs").glob("*.json"):
+        assert f"  {path.stem} " in listed
+    for block in ("FeatureEmbedding", "CrossNetV2", "CIN", "MaskNet", "WuKong", "Hint"):
+        assert f"  {block} " in listed
+    schema = json.loads(kzoo_cli("schema").stdout)
+    assert schema["title"] == "kzoo model spec"
+
+
+def test_bad_data_names_column_and_row(tmp_path):
+    frame = kdata.synthetic(rows=20, seed=1).astype({"I3": object})
+    frame.loc[6, "I3"] = "abc"
+    frame.to_csv(tmp_path / "bad.csv", index=False)
+    done = subprocess.run([sys.executable, "-m", "kzoo.cli", "train", str(REPO / "zoo_configs" / "lr.json"),
+                           "--data", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2
+    assert "column 'I3', row 7: 'abc' is not a number" in done.stderr
