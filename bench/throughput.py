@@ -20,10 +20,14 @@ concatenated, Dense(1, sigmoid). `kzoo` vs `keras_fused` is the cost of the spec
 `keras_fused` vs `keras_per_feature` is the cost of the table layout.
 
 Timing: synthetic data is preprocessed once with kzoo's Preprocessor/make_dataset, and the batches
-are cached in memory before any timing. Each model runs one warm-up epoch (compilation, both
-batch shapes), then for each repeat every model trains `--epochs` epochs, the models interleaved
-(the order rotates each repeat); a callback records each epoch's wall time. Reported: the median
-of the per-epoch examples/s over all repeats, per model, and the ratio kzoo / hand-written.
+are cached in memory before any timing. Each model first trains on the first and the last batch
+(compilation for both batch shapes; not timed). Then, for each repeat, every model trains
+`--epochs` epochs, the models interleaved (the order rotates each repeat); a callback records each
+epoch's wall time and the process's CPU time. Reported per model: the median over all timed epochs
+of examples/s (wall clock) and of examples per CPU-second, and the ratios kzoo / hand-written.
+Last, `--steps` train steps per model on one fixed batch, round-robin: their minimum is the cost of
+a step when nothing else competes for the cores, the least noisy figure on a shared machine.
+`--profile` also counts the ops in each model's train step (jaxpr primitives / TF graph ops).
 
 `--backend both` runs each backend in its own subprocess (KERAS_BACKEND is per process) and
 prints one table. Results, with the machine (cpu count, versions, date, load), go to --out.
@@ -337,12 +341,14 @@ def run_backend(args) -> dict:
             self.seconds.append(time.perf_counter() - self._t)
             self.cpu_seconds.append(time.process_time() - self._c)
 
-    # ---- warm-up: compiles the train step (full and last partial batch); not timed
+    # ---- warm-up: the first and the last batch, so that the train step is compiled (JAX) or traced
+    # (TF) for both batch shapes (full, and the last partial one) before anything is timed
+    warm = ds.take(1).concatenate(ds.skip(n_batches - 1)) if n_batches > 1 else ds
     for name, m in models.items():
         t = time.perf_counter()
-        m.fit(ds, epochs=1, verbose=0, shuffle=False)
-        log(f"[{backend}] warm-up {name}: 1 epoch in {time.perf_counter() - t:.1f}s (includes compilation); "
-            f"jit_compile={getattr(m, 'jit_compile', None)}")
+        m.fit(warm, epochs=1, verbose=0, shuffle=False)
+        log(f"[{backend}] warm-up {name}: compiled in {time.perf_counter() - t:.1f}s "
+            f"(jit_compile={getattr(m, 'jit_compile', None)})")
 
     if args.profile:  # after the warm-up: the optimizer is built
         for name, m in models.items():

@@ -110,6 +110,7 @@ class KzooFeatureProcessor(FeatureProcessor):
     def missing_token(self, col):  # runs after fill_na(""): "" -> a real token
         return pl.when(pl.col(col) == "").then(pl.lit(MISSING_TOKEN)).otherwise(pl.col(col))
 
+
 class SeededParquetDataLoader(ParquetDataLoader):
     """FuxiCTR's ParquetDataLoader, its Ray dataset read once up front and its shuffle seeded.
 
@@ -197,6 +198,7 @@ class DCNv2(BaseModel):
         cross = self.crossnet(emb).view(emb.shape[0], -1)
         out = self.fc(torch.cat([cross, self.parallel_dnn(emb)], dim=-1))
         return {"y_pred": self.output_activation(out)}
+
 
 class DeepFM(BaseModel):
     """DeepFM: FactorizationMachine (bias + linear + pairwise FM) + MLP logit, shared embeddings."""
@@ -404,7 +406,7 @@ def main(argv=None):
              "stock FuxiCTR leaves Ray's random_shuffle unseeded)") if args.pipeline == "ray" else
             ("data: FuxiCTR FeatureProcessor read_data/preprocess/fit (train only)/transform run in-process "
              "(build_dataset's steps minus its Ray map_batches), saved as .npz, batched by FuxiCTR's "
-             f"NpzDataLoader (torch DataLoader, num_workers={args.loader_workers}, shuffle seeded by --seed)"),
+             f"NpzDataLoader (torch DataLoader, num_workers={args.loader_workers}; --shuffle draws from torch's seeded RNG)"),
             "train_seconds: BaseModel.fit wall time minus its validation/checkpoint/reload (it includes "
             "the loader's batching); fit_examples_per_s counts the whole fit, validation included, the way "
             "kzoo's metrics.json train_examples_per_s does",
