@@ -16,6 +16,14 @@ def flatten_2d(x):
     return ops.reshape(x, (-1, size))
 
 
+def flat_width(shape) -> int:
+    """Width of a (batch, ...) shape once flattened to (batch, n)."""
+    width = 1
+    for d in shape[1:]:
+        width *= d
+    return width
+
+
 def as_list(inputs) -> list:
     return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
 

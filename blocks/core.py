@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from blocks.base import Block, as_list, check_fraction, check_positive_int, flatten_2d
+from blocks.base import Block, as_list, check_fraction, check_positive_int, flat_width, flatten_2d
 from blocks.registry import register_block
 
 
@@ -244,7 +244,7 @@ class MLP(Block):
                 self.stack.append(keras.layers.Dropout(dropout, name=f"dropout_{i}"))
 
     def build(self, input_shape):
-        shape = (input_shape[0], _flat_width(input_shape))
+        shape = (input_shape[0], flat_width(input_shape))
         for layer in self.stack:
             layer.build(shape)
             shape = layer.compute_output_shape(shape)
@@ -263,13 +263,6 @@ class MLP(Block):
                 "norm": self.norm, "output_activation": self.output_activation, "l2": self.l2}
 
 
-def _flat_width(shape) -> int:
-    width = 1
-    for d in shape[1:]:
-        width *= d
-    return width
-
-
 @register_block()
 class Concat(Block):
     """Flattens each input to (batch, n_i) and concatenates them: (batch, sum n_i)."""
@@ -282,7 +275,7 @@ class Concat(Block):
 
     def compute_output_shape(self, input_shape):
         shapes = input_shape if isinstance(input_shape, list) else [input_shape]
-        return (None, sum(_flat_width(s) for s in shapes))
+        return (None, sum(flat_width(s) for s in shapes))
 
 
 @register_block()

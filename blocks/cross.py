@@ -4,15 +4,8 @@ from __future__ import annotations
 
 from keras import ops
 
-from blocks.base import Block, check_positive_int, flatten_2d
+from blocks.base import Block, check_positive_int, flat_width, flatten_2d
 from blocks.registry import register_block
-
-
-def _flat_width(shape) -> int:
-    width = 1
-    for d in shape[1:]:
-        width *= d
-    return width
 
 
 @register_block()
@@ -44,7 +37,7 @@ class CrossNet(Block):
         self.num_layers = layers
 
     def build(self, input_shape):
-        width = _flat_width(input_shape)
+        width = flat_width(input_shape)
         self.kernels = [self.add_weight(name=f"kernel_{i}", shape=(width,), initializer="glorot_uniform")
                         for i in range(self.num_layers)]
         self.biases = [self.add_weight(name=f"bias_{i}", shape=(width,), initializer="zeros")
@@ -59,7 +52,7 @@ class CrossNet(Block):
         return x
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], _flat_width(input_shape))
+        return (input_shape[0], flat_width(input_shape))
 
     def get_config(self):
         return {**super().get_config(), "layers": self.num_layers}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from blocks.base import Block, flatten_2d
+from blocks.base import Block, flat_width, flatten_2d
 from blocks.registry import register_block
 
 
@@ -53,7 +53,7 @@ class Hint(LossOnlyBlock):
 
     def build(self, input_shape):
         teacher, student = input_shape
-        t_width, s_width = _width(teacher), _width(student)
+        t_width, s_width = flat_width(teacher), flat_width(student)
         if t_width != s_width:
             self.projection = keras.layers.Dense(t_width, use_bias=False, name="regressor")
             self.projection.build((None, s_width))
@@ -89,7 +89,7 @@ class SoftTarget(LossOnlyBlock):
 
     def build(self, input_shape):
         teacher, student = input_shape
-        if _width(teacher) != _width(student):
+        if flat_width(teacher) != flat_width(student):
             raise ValueError(f"SoftTarget needs logits of one width, received {teacher} and {student}")
 
     def call(self, inputs):
@@ -98,8 +98,3 @@ class SoftTarget(LossOnlyBlock):
         return student
 
 
-def _width(shape) -> int:
-    w = 1
-    for d in shape[1:]:
-        w *= d
-    return w

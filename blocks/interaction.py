@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras_rs
 from keras import ops
 
-from blocks.base import Block, as_list, check_positive_int, flatten_2d
+from blocks.base import Block, as_list, check_positive_int, flat_width, flatten_2d
 from blocks.registry import register_block
 
 
@@ -73,9 +73,7 @@ class CrossNetV2(Block):
         ]
 
     def build(self, input_shape):
-        width = 1
-        for d in input_shape[1:]:
-            width *= d
+        width = flat_width(input_shape)
         for cross in self.crosses:
             cross.build((input_shape[0], width))
             # keras-rs 0.4's FeatureCross.build creates its Dense sublayers without building
@@ -94,10 +92,7 @@ class CrossNetV2(Block):
         return x
 
     def compute_output_shape(self, input_shape):
-        width = 1
-        for d in input_shape[1:]:
-            width *= d
-        return (input_shape[0], width)
+        return (input_shape[0], flat_width(input_shape))
 
     def get_config(self):
         return {**super().get_config(), "layers": self.layers_count, "low_rank": self.low_rank,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from blocks.base import Block, as_list, check_fraction, check_positive_int, flatten_2d
+from blocks.base import Block, as_list, check_fraction, check_positive_int, flat_width, flatten_2d
 from blocks.registry import register_block
 
 # PyTorch's LayerNorm default, as in the reference implementations.
@@ -17,13 +17,6 @@ def _shapes(input_shape) -> list:
     if isinstance(input_shape, (list, tuple)) and input_shape and isinstance(input_shape[0], (list, tuple)):
         return [tuple(s) for s in input_shape]
     return [tuple(input_shape)]
-
-
-def _flat_width(shape) -> int:
-    width = 1
-    for d in shape[1:]:
-        width *= d
-    return width
 
 
 def _check_mask_args(hidden_units, reduction_ratio, aggregation_dim, dropout) -> None:
@@ -95,9 +88,9 @@ class MaskBlock(Block):
         emb_shape = shapes[0]
         if len(emb_shape) < 2 or any(d is None for d in emb_shape[1:]):
             raise ValueError(f"MaskBlock needs an embedding of static shape (batch, ...), received {emb_shape}")
-        emb_width = _flat_width(emb_shape)
+        emb_width = flat_width(emb_shape)
         self.embedding_form = len(shapes) == 1
-        masked_width = emb_width if self.embedding_form else _flat_width(shapes[1])
+        masked_width = emb_width if self.embedding_form else flat_width(shapes[1])
         aggregation = self.aggregation_dim or int(self.reduction_ratio * emb_width)
         if aggregation < 1:
             raise ValueError(f"MaskBlock: reduction_ratio={self.reduction_ratio} on an embedding of width "
@@ -108,7 +101,7 @@ class MaskBlock(Block):
         self.mask_project.build((None, aggregation))
         if self.embedding_form:
             # One LayerNorm per field (own scale and shift), as concat(LN(e_1), ..., LN(e_f)).
-            fields_shape = (_flat_width(emb_shape[:-1]), emb_shape[-1])
+            fields_shape = (flat_width(emb_shape[:-1]), emb_shape[-1])
             self.emb_gamma = self.add_weight(name="emb_gamma", shape=fields_shape, initializer="ones")
             self.emb_beta = self.add_weight(name="emb_beta", shape=fields_shape, initializer="zeros")
         self.hidden.build((None, masked_width))

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 
 import kzoo
 from kzoo import data as kdata
+from tests.tf_only import serve_fresh
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,23 +25,6 @@ def kzoo_cli(*args, backend=None):
                           env=env, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
-
-
-TF_ONLY_PREDICT = textwrap.dedent("""
-    import sys, json
-    import pandas as pd, numpy as np, tensorflow as tf
-    assert "keras" not in sys.modules or True
-    fn = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
-    frame = pd.read_parquet(sys.argv[2])
-    inputs = fn.structured_input_signature[1]
-    feed = {}
-    for name, spec in inputs.items():
-        col = frame[name]
-        feed[name] = tf.constant(col.astype(str).tolist() if spec.dtype == tf.string else col.to_numpy(), spec.dtype)
-    out = fn(**feed)
-    json.dump({"dtypes": {k: v.dtype.name for k, v in inputs.items()},
-               "outputs": {k: v.numpy().tolist() for k, v in out.items()}}, open(sys.argv[3], "w"))
-""")
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +60,7 @@ def test_export_serves_raw_features_like_the_model(trained, tmp_path):
     frame.to_parquet(raw)
     expected = kzoo_cli("predict", run, "--data", raw, "--output", tmp_path / "keras.csv")
     keras_pred = pd.read_csv(tmp_path / "keras.csv")["ctr"].to_numpy()
-
-    script = tmp_path / "serve.py"
-    script.write_text(TF_ONLY_PREDICT)
-    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-    done = subprocess.run([sys.executable, str(script), str(version), str(raw), str(tmp_path / "out.json")],
-                          capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    served = json.loads((tmp_path / "out.json").read_text())
+    served = serve_fresh(version, frame, tmp_path)
     assert served["dtypes"]["I1"] == "float32" and served["dtypes"]["C1"] == "string"
     assert set(served["outputs"]) == {"ctr"}
     np.testing.assert_allclose(np.array(served["outputs"]["ctr"]), keras_pred, atol=1e-5)

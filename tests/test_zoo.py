@@ -1,10 +1,6 @@
 """Every zoo config: validates, builds, trains and lowers its loss; exports and serves the same numbers."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import keras
@@ -15,22 +11,12 @@ import pytest
 import kzoo
 from kzoo import data as kdata
 from kzoo.graph import serving_model
+from tests.tf_only import serve_fresh
 
 REPO = Path(__file__).resolve().parents[1]
 ZOO = sorted((REPO / "zoo_configs").glob("*.json"))
 RANKING = ["lr", "fm", "wide_deep", "deepfm", "multi_tower", "dcn", "dcn_v2", "dlrm", "xdeepfm", "masknet",
            "wukong", "rocket_launching"]
-
-RELOAD = textwrap.dedent("""
-    import sys, json
-    import pandas as pd, tensorflow as tf
-    fn = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
-    frame = pd.read_parquet(sys.argv[2])
-    feed = {name: tf.constant(frame[name].astype(str).tolist() if spec.dtype == tf.string else frame[name].to_numpy(),
-                              spec.dtype) for name, spec in fn.structured_input_signature[1].items()}
-    json.dump({k: v.numpy().tolist() for k, v in fn(**feed).items()}, open(sys.argv[3], "w"))
-""")
-
 
 def test_every_ranking_model_has_a_config():
     assert sorted(RANKING) == sorted(p.stem for p in ZOO if p.stem in RANKING)
@@ -53,13 +39,7 @@ def test_zoo_config_trains_lowers_loss_and_exports(name, tmp_path, backend):
     from kzoo.predict import predict
 
     expected = predict(run, tmp_path / "raw.parquet")["ctr"].to_numpy()
-    script = tmp_path / "reload.py"
-    script.write_text(RELOAD)
-    done = subprocess.run([sys.executable, str(script), str(version), str(tmp_path / "raw.parquet"),
-                           str(tmp_path / "out.json")], capture_output=True, text=True,
-                          env={k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    served = json.loads((tmp_path / "out.json").read_text())
+    served = serve_fresh(version, frame, tmp_path)["outputs"]
     np.testing.assert_allclose(np.array(served["ctr"]), expected, atol=1e-5)
 
 
