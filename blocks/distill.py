@@ -67,8 +67,10 @@ class Hint(LossOnlyBlock):
         if self.kind == "l2":
             loss = ops.mean(ops.square(t - s))
         else:
-            t_n = t / (ops.norm(t, axis=-1, keepdims=True) + 1e-8)
-            s_n = s / (ops.norm(s, axis=-1, keepdims=True) + 1e-8)
+            # sqrt(|x|² + eps), not norm(x) + eps: the gradient of norm is NaN at a zero vector
+            # (an all-dead ReLU layer), which would poison the whole step.
+            t_n = t * ops.rsqrt(ops.sum(ops.square(t), axis=-1, keepdims=True) + 1e-12)
+            s_n = s * ops.rsqrt(ops.sum(ops.square(s), axis=-1, keepdims=True) + 1e-12)
             loss = ops.mean(1.0 - ops.sum(t_n * s_n, axis=-1))
         self.add_loss(self.weight * loss)
         return student

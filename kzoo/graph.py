@@ -51,7 +51,9 @@ def build(spec, stats: dict | None = None) -> keras.Model:
         x = tensors[t["input"]]
         if len(x.shape) > 2:
             x = keras.layers.Flatten(name=f"task_{t['name']}_flatten")(x)
-        logit = keras.layers.Dense(1, name=f"task_{t['name']}_logit")(x)
+        # A block of width 1 already is the task's logit (wide + deep sums, distilled logits);
+        # anything wider gets a Dense(1) head.
+        logit = x if x.shape[-1] == 1 else keras.layers.Dense(1, name=f"task_{t['name']}_logit")(x)
         activation = "sigmoid" if t.get("type", "binary") == "binary" else "linear"
         outputs[t["name"]] = keras.layers.Activation(activation, dtype="float32", name=f"task_{t['name']}")(logit)
     try:
@@ -102,7 +104,8 @@ def serving_model(spec: Spec, model: keras.Model, tasks: list[str]) -> tuple[ker
         x = tensor(t["input"])
         if len(x.shape) > 2:
             x = model.get_layer(f"task_{t['name']}_flatten")(x)
-        head = model.get_layer(f"task_{t['name']}_logit")
-        outputs[t["name"]] = model.get_layer(f"task_{t['name']}")(head(x))
+        if x.shape[-1] != 1:
+            x = model.get_layer(f"task_{t['name']}_logit")(x)
+        outputs[t["name"]] = model.get_layer(f"task_{t['name']}")(x)
     used = [n for n in spec.used_features() if n in read]
     return keras.Model({n: inputs[n] for n in used}, outputs, name=f"{spec.name}_serving"), used

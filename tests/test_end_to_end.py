@@ -32,7 +32,7 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     run, base = tmp / "run", tmp / "exports"
     done = kzoo_cli("train", REPO / "zoo_configs" / "dcn_v2.json", "--data", "synthetic:3000", "--epochs", "1",
-                    "--out", run, "--export", base)
+                    "--batch-size", "240", "--out", run, "--export", base)
     return run, base, done.stdout
 
 
@@ -86,11 +86,12 @@ def test_criteo_slice_trains_and_reports_auc(data_dir, tmp_path):
 
 def test_resume_after_crash_ends_where_uninterrupted_run_does(tmp_path):
     spec = REPO / "zoo_configs" / "fm.json"
-    whole = kzoo.train(spec, "synthetic:3000", tmp_path / "whole", epochs=3, verbose=0)
+    args = dict(epochs=3, batch_size=240, verbose=0)  # 2,400 training rows: 10 full batches
+    whole = kzoo.train(spec, "synthetic:3000", tmp_path / "whole", **args)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        kzoo.train(spec, "synthetic:3000", tmp_path / "crashed", epochs=3, verbose=0, fail_after_epoch=1)
+        kzoo.train(spec, "synthetic:3000", tmp_path / "crashed", fail_after_epoch=1, **args)
     assert (tmp_path / "crashed" / "backup").is_dir() and not (tmp_path / "crashed" / "metrics.json").exists()
-    resumed = kzoo.train(spec, "synthetic:3000", tmp_path / "crashed", epochs=3, verbose=0)
+    resumed = kzoo.train(spec, "synthetic:3000", tmp_path / "crashed", **args)
     history = pd.read_csv(tmp_path / "crashed" / "history.csv")
     assert list(history["epoch"]) == [0, 1, 2]
     np.testing.assert_allclose(history["loss"], pd.read_csv(tmp_path / "whole" / "history.csv")["loss"], rtol=1e-5)
