@@ -23,7 +23,7 @@ NAME = "kzoo"
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serving")
-    kzoo.train(REPO / "zoo_configs" / "lr.json", "synthetic:1500", tmp / "run", epochs=1, verbose=0)
+    kzoo.train(REPO / "zoo_configs" / "lr.json", "synthetic:1600", tmp / "run", epochs=1, batch_size=128, verbose=0)
     return Path(kzoo.export(tmp / "run", tmp / "exports"))
 
 

@@ -87,7 +87,7 @@ def test_spec_with_embedding_optimizer_trains_and_reloads(tmp_path):
                      "embedding_optimizer": {"type": "adagrad", "learning_rate": 0.05}, "batch_size": 128}
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
-    metrics = kzoo.train(path, "synthetic:1500", tmp_path / "run", epochs=2, verbose=0)
+    metrics = kzoo.train(path, "synthetic:1600", tmp_path / "run", epochs=2, verbose=0)
     assert metrics["ctr"]["auc"] > 0.5
     reloaded = keras.models.load_model(tmp_path / "run" / "model.keras")
     assert isinstance(reloaded.optimizer, SplitOptimizer)
