@@ -170,11 +170,10 @@ def hand_written(spec, stats, fused: bool):
     cats = [f for f in feats if f["type"] != "numeric"]
     nums = [f for f in feats if f["type"] == "numeric"]
 
-    fields = []  # (batch, n, dim) blocks
-    if nums:
-        x = keras.layers.Concatenate(name="numerics")([inputs[f["name"]] for f in nums])
-        fields.append(NumericEmbedding(dim, init, name="numeric_emb")(x))
-    if fused:
+    # Tables first, then the numeric vectors: kzoo's FeatureEmbedding creates its weights in this
+    # order, so with one seed keras_fused's embeddings start from kzoo's very values.
+    cat_fields = []  # (batch, n, dim) blocks
+    if fused and cats:
         sizes = [input_size(f, stats) for f in cats]
         offsets, total = [], 0
         for s in sizes:
@@ -182,11 +181,17 @@ def hand_written(spec, stats, fused: bool):
             total += s
         ids = keras.layers.Concatenate(name="ids")([inputs[f["name"]] for f in cats])
         ids = ids + keras.ops.convert_to_tensor([offsets], dtype="int32")
-        fields.append(keras.layers.Embedding(total, dim, embeddings_initializer=init, name="embedding")(ids))
+        cat_fields.append(keras.layers.Embedding(total, dim, embeddings_initializer=init, name="embedding")(ids))
     else:
         for f in cats:
-            fields.append(keras.layers.Embedding(input_size(f, stats), dim, embeddings_initializer=init,
-                                                 name=f"emb_{f['name']}")(inputs[f["name"]]))
+            cat_fields.append(keras.layers.Embedding(input_size(f, stats), dim, embeddings_initializer=init,
+                                                     name=f"emb_{f['name']}")(inputs[f["name"]]))
+    num_fields = []
+    if nums:
+        x = keras.layers.Concatenate(name="numerics")([inputs[f["name"]] for f in nums])
+        num_fields.append(NumericEmbedding(dim, init, name="numeric_emb")(x))
+    # Schema order of the spec's group: I1..I13, then C1..C26.
+    fields = num_fields + cat_fields if feats[0]["type"] == "numeric" else cat_fields + num_fields
     x0 = keras.layers.Flatten(name="flatten")(keras.layers.Concatenate(axis=1, name="fields")(fields))
 
     x = x0
