@@ -7,7 +7,8 @@ A run dir holds everything needed to evaluate, export and serve:
     model.keras          the trained model (backend-agnostic)
     metrics.json         {"<task>": {...}, "examples": N, "seconds": T}
     history.csv          per-epoch training and validation metrics
-    curves.png           the training curves
+    steps.jsonl          running training metrics every few steps, validation at epoch ends
+    curves.png           the training curves (from steps.jsonl)
     backup/              BackupAndRestore state while training; removed once it ends
 Running the same command again after a crash resumes from the last finished epoch.
 """
@@ -81,6 +82,35 @@ def compile_model(model: keras.Model, spec: Spec, steps_per_epoch: int | None = 
                   loss=losses, loss_weights=weights, metrics=metrics)
 
 
+class StepLogger(keras.callbacks.Callback):
+    """Running training metrics every `every` batches (and validation at epoch ends) into a JSON-lines
+    file, for curves within an epoch."""
+
+    def __init__(self, path: Path, every: int = 10, append: bool = False):
+        super().__init__()
+        self.path, self.every = Path(path), every
+        self.step = 0
+        if append and self.path.is_file():
+            import pandas as pd
+
+            self.step = int(pd.read_json(self.path, lines=True)["step"].max())
+        elif self.path.exists():
+            self.path.unlink()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.step % self.every == 0 and logs:
+            self._write({"step": self.step, **{k: float(v) for k, v in logs.items()}})
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs:
+            self._write({"step": self.step, **{k: float(v) for k, v in logs.items()}})
+
+    def _write(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
 class _FailAfterEpoch(keras.callbacks.Callback):
     """Test hook: raise after epoch N (1-based), as a crash would, to exercise resumption."""
 
@@ -131,7 +161,8 @@ def train(spec, data="synthetic", out=None, *, epochs=None, batch_size=None, see
     compile_model(model, spec)
 
     callbacks = [keras.callbacks.BackupAndRestore(str(backup)),
-                 keras.callbacks.CSVLogger(str(out / "history.csv"), append=resuming)]
+                 keras.callbacks.CSVLogger(str(out / "history.csv"), append=resuming),
+                 StepLogger(out / "steps.jsonl", every=max(1, len(train_df) // batch_size // 20), append=resuming)]
     stop = spec.train.get("early_stopping")
     if stop is not None and val_ds is not None:
         callbacks.append(keras.callbacks.EarlyStopping(
@@ -155,7 +186,7 @@ def train(spec, data="synthetic", out=None, *, epochs=None, batch_size=None, see
     result["fit_seconds"] = round(fit_seconds, 2)
     result["train_examples_per_s"] = round(len(train_df) * epochs_run / fit_seconds, 1) if epochs_run else None
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
-    plot_curves(out / "history.csv", out / "curves.png", spec)
+    plot_curves(out / "steps.jsonl", out / "curves.png", spec)
     shutil.rmtree(backup, ignore_errors=True)
     return result
 
@@ -204,28 +235,29 @@ def evaluate(run, data=None) -> dict:
     return evaluate_frame(model, spec, pre, frame)
 
 
-def plot_curves(history_csv: Path, png: Path, spec: Spec) -> None:
-    """Loss and AUC per epoch, train against validation."""
+def plot_curves(steps_jsonl: Path, png: Path, spec: Spec) -> None:
+    """Loss and metrics against training steps: running training values, validation at epoch ends."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    if not history_csv.is_file():
+    if not steps_jsonl.is_file():
         return
-    hist = pd.read_csv(history_csv)
-    panels = [c for c in hist.columns if c != "epoch" and not c.startswith("val_") and c != "learning_rate"]
+    steps = pd.read_json(steps_jsonl, lines=True)
+    panels = [c for c in steps.columns if c != "step" and not c.startswith("val_") and c != "learning_rate"]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
-    epochs = hist["epoch"] + 1
+    train = steps.dropna(subset=panels, how="all")
+    val = steps[[c for c in steps.columns if c.startswith("val_")] + ["step"]].dropna()
     for ax, col in zip(axes[0], panels):
-        ax.plot(epochs, hist[col], "o-", label="train")
-        if f"val_{col}" in hist:
-            ax.plot(epochs, hist[f"val_{col}"], "s--", label="validation")
+        ax.plot(train["step"], train[col], "-", label="train (running mean in epoch)")
+        if f"val_{col}" in val:
+            ax.plot(val["step"], val[f"val_{col}"], "s", markersize=7, label="validation (epoch end)")
         ax.set_title(col)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7)
     fig.suptitle(f"{spec.name}: training curves")
     fig.tight_layout()
     fig.savefig(png, dpi=100)
