@@ -21,8 +21,9 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 
 
 def next_version(base: Path) -> int:
-    versions = [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()] if base.is_dir() else []
-    return max(versions, default=0) + 1
+    from serving.client import version_dirs  # one rule for what counts as a version, as TF Serving's
+
+    return max((int(p.name) for p in version_dirs(base)), default=0) + 1
 
 
 def export(run, base, version: int | None = None) -> Path:
@@ -77,7 +78,7 @@ def _export_tf(run: Path, base: Path, version: int) -> Path:
         write_warmup(tmp, pre)
         (tmp / "assets.extra" / "kzoo.json").write_text(json.dumps({
             "spec": spec.name, "tasks": tasks, "dataset": spec.dataset,
-            "inputs": {f["name"]: pre.signature()[f["name"]].dtype.name for f in pre.raw},
+            "inputs": {name: spec.dtype.name for name, spec in pre.signature().items()},
             "params": {"served": served.count_params(), "trained": model.count_params()}}, indent=2))
         os.rename(tmp, base / str(version))
     finally:

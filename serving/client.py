@@ -50,9 +50,14 @@ class Signature:
     outputs: list[str] = field(default_factory=list)
 
 
+def version_dirs(base: Path) -> list[Path]:
+    """The folders of BASE TF Serving treats as versions: purely numeric names."""
+    return [p for p in base.iterdir() if p.is_dir() and _VERSION_DIR.match(p.name)] if base.is_dir() else []
+
+
 def latest_version_dir(base: Path) -> Path:
     """BASE/<highest purely numeric folder>, the version TF Serving's default policy serves."""
-    versions = [p for p in base.iterdir() if p.is_dir() and _VERSION_DIR.match(p.name)]
+    versions = version_dirs(base)
     if not versions:
         raise FileNotFoundError(f"{base} holds no numeric version folder (BASE/1/saved_model.pb, ...)")
     return max(versions, key=lambda p: int(p.name))
