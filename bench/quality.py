@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,6 +76,31 @@ def spec_for(model: str, dataset: str) -> dict:
     return raw
 
 
+def variant_spec(model: str, dataset: str, variant: str) -> dict:
+    """The zoo config as-is ("default"), or with the settings bench/tune.py chose ("tuned")."""
+    raw = spec_for(model, dataset)
+    if variant == "default":
+        return raw
+    from tune import TUNED_JSON, apply_setting
+
+    tuned = json.loads(TUNED_JSON.read_text()) if TUNED_JSON.is_file() else {}
+    if model not in tuned.get(dataset, {}):
+        raise SystemExit(f"no tuned setting for {model} on {dataset} in {TUNED_JSON}: run bench/tune.py first")
+    return apply_setting(raw, tuned[dataset][model]["setting"])
+
+
+def test_predictions(run: Path, data: str):
+    """Labels and predictions of the run's model on the test split (for paired comparisons)."""
+    from kzoo.features import Preprocessor
+    from kzoo.trainer import load_run, predict_frame, prepare_data, split_frames
+
+    spec, prep, model = load_run(run)
+    spec, frame = prepare_data(spec, data)
+    test_df = split_frames(spec, frame)[2]
+    pred = predict_frame(model, spec, Preprocessor(spec.features, prep["stats"], prep["used"]), test_df)["ctr"]
+    return test_df[spec.task_label(spec.tasks[0])].astype(int).tolist(), [round(float(p), 6) for p in pred]
+
+
 def worker(args) -> None:
     """Train the requested grid on this process's backend; one JSON line per run on stdout."""
     import keras
@@ -84,24 +110,26 @@ def worker(args) -> None:
     for dataset in args.datasets:
         data = f"{dataset}:{data_dir() / DATA[dataset]}"
         for model in args.models:
-            spec = kzoo.load_spec(spec_for(model, dataset))
+            spec = kzoo.load_spec(variant_spec(model, dataset, args.variant))
             for seed in args.seeds:
                 with tempfile.TemporaryDirectory() as tmp:
                     m = kzoo.train(spec, data, Path(tmp) / "run", seed=seed, verbose=0)
-                row = {"backend": keras.backend.backend(), "dataset": dataset, "model": model, "seed": seed,
-                       "auc": m["ctr"]["auc"], "logloss": m["ctr"]["logloss"], "params": m["params"],
-                       "fit_seconds": m["fit_seconds"], "examples_per_s": m["train_examples_per_s"],
-                       "seconds": m["seconds"]}
+                    labels, preds = test_predictions(Path(tmp) / "run", data)
+                row = {"backend": keras.backend.backend(), "variant": args.variant, "dataset": dataset,
+                       "model": model, "seed": seed, "auc": m["ctr"]["auc"], "logloss": m["ctr"]["logloss"],
+                       "params": m["params"], "fit_seconds": m["fit_seconds"],
+                       "examples_per_s": m["train_examples_per_s"], "seconds": m["seconds"],
+                       "labels": labels, "predictions": preds}
                 print(json.dumps(row), flush=True)
                 print(f"  [{row['backend']}] {dataset:<6} {model:<16} seed {seed}: auc {row['auc']:.4f} "
                       f"logloss {row['logloss']:.4f} ({row['seconds']:.0f} s)", file=sys.stderr, flush=True)
 
 
-def run_backend(backend: str, args, models: list[str]) -> list[dict]:
-    cmd = [sys.executable, __file__, "--worker", "--datasets", ",".join(args.datasets), "--models",
-           ",".join(models), "--seeds", ",".join(map(str, args.seeds))]
+def run_backend(backend: str, args, models: list[str], datasets: list[str]) -> list[dict]:
+    cmd = [sys.executable, __file__, "--worker", "--datasets", ",".join(datasets), "--models",
+           ",".join(models), "--seeds", ",".join(map(str, args.seeds)), "--variant", args.variant]
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    print(f"== kzoo on {backend}", file=sys.stderr, flush=True)
+    print(f"== kzoo on {backend}: {', '.join(datasets)}", file=sys.stderr, flush=True)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
     rows = [json.loads(line) for line in proc.stdout if line.startswith("{")]
     if proc.wait() != 0:
@@ -152,80 +180,106 @@ def run_peer(args) -> list[dict]:
 
 
 def summarise(rows: list[dict]) -> dict:
+    """(dataset, model, backend, variant) -> mean/std AUC, logloss, params, speed, test predictions."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["dataset"], r["model"], r["backend"]), []).append(r)
+        groups.setdefault((r["dataset"], r["model"], r["backend"], r.get("variant", "default")), []).append(r)
     out = {}
     for key, rs in groups.items():
         aucs = [r["auc"] for r in rs]
         out[key] = {"auc": statistics.mean(aucs), "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
                     "logloss": statistics.mean(r["logloss"] for r in rs), "params": rs[0]["params"],
                     "examples_per_s": statistics.median(r["examples_per_s"] for r in rs),
-                    "seconds": statistics.mean(r.get("seconds") or 0 for r in rs), "n": len(rs)}
+                    "seconds": statistics.mean(r.get("seconds") or 0 for r in rs), "n": len(rs),
+                    "labels": rs[0].get("labels"), "predictions": [r["predictions"] for r in rs if "predictions" in r]}
     return out
 
 
-def markdown(summary: dict, args, command: str) -> str:
+def versus_lr(summary: dict, dataset: str, model: str, backend: str, variant: str) -> str:
+    """Paired bootstrap of mean AUC(model) - mean AUC(LR) over the seeds, on the same test rows."""
+    from kzoo.metrics import auc_difference
+
+    s, lr = summary.get((dataset, model, backend, variant)), summary.get((dataset, "lr", backend, variant))
+    if model == "lr" or not s or not lr or not s["predictions"] or not lr["predictions"]:
+        return "–"
+    d = auc_difference(s["labels"], s["predictions"], lr["predictions"], n_boot=1000)
+    verdict = "better" if d["low"] > 0 else ("worse" if d["high"] < 0 else "no clear difference")
+    return f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] {verdict}"
+
+
+def markdown(summary: dict, models: list[str], datasets: list[str], commands: list[str]) -> str:
     import keras
     import tensorflow as tf
 
     lines = ["# Results: ranking models on real Criteo and Avazu slices", "",
-             f"Made by `{command}` on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, no GPU; "
-             f"keras {keras.__version__}, tensorflow {tf.__version__}, python {platform.python_version()}.", "",
+             "Made by " + " and ".join(f"`{c}`" for c in commands) + f" on {time.strftime('%Y-%m-%d')}, "
+             f"{os.cpu_count()} CPU cores, no GPU; keras {keras.__version__}, tensorflow {tf.__version__}, "
+             f"python {platform.python_version()}.", "",
              "Data: the first 10,000 rows of Kaggle Criteo `train.txt` and 9,999 rows of Kaggle Avazu `train.csv` "
-             "(`../shared/data`), split 80/10/10 with split seed 0; metrics on the 1,000-row test split. "
-             f"Seeds (model init): {', '.join(map(str, args.seeds))}. Every model uses its zoo config unchanged "
-             "(embedding dim 16, Adam 0.003, batch 256, one epoch: chosen once on the synthetic data's validation "
-             "split for DCN-V2, then used for all models; not tuned per model or per dataset). Avazu gets the "
-             "same graphs rewired for its columns where a config names Criteo columns or dense features "
-             "(wide_deep crosses, multi_tower groups, dlrm without the dense tower; see `AVAZU_OVERRIDES` in "
-             "bench/quality.py). `examples/s` is training examples over `fit` wall time, first-step compilation "
-             "included: on 8k rows that is dominated by kzoo's one-off XLA / tf.function compilation (5-10 s per "
-             "run on 2 cores), which eager PyTorch (FuxiCTR) does not pay, so the speed ratio below is a "
-             "small-data, cold-start figure, not steady-state throughput (see docs/benchmarks.md for that).", ""]
-    for dataset in args.datasets:
-        backends = sorted({k[2] for k in summary if k[0] == dataset and not k[2].startswith("fuxictr")})
+             "(`../shared/data`), split 80/10/10 with split seed 0; metrics on the 1,000-row test split, "
+             "mean ± std over model seeds 0, 1, 2.", "",
+             "- **default**: every zoo config unchanged (embedding dim 16, Adam 0.003, batch 256, one epoch, no "
+             "regularisation: chosen once on the synthetic data's validation split for DCN-V2, then used for all).",
+             "- **tuned**: the per-model, per-dataset settings `bench/tune.py` chose on the *validation* split "
+             "(learning rate, embedding size, embedding L2, dropout; up to 3 epochs with early stopping on "
+             "validation AUC): see [tuning.md](tuning.md) for the search and what was chosen. LR is tuned "
+             "the same way (learning rate, L2, epochs).",
+             "- **Δ vs LR**: tuned model minus tuned LR, mean test AUC over the seeds, with a 95 % paired "
+             "bootstrap interval over the test rows (`kzoo.metrics.auc_difference`, 1,000 resamples). With "
+             "1,000 test rows (~200 positives) one AUC has a standard error near 0.015, so only intervals "
+             "that exclude 0 say a model is better or worse than LR on this slice.", "",
+             "Avazu gets the same graphs rewired for its columns where a config names Criteo columns or dense "
+             "features (wide_deep crosses, multi_tower groups, dlrm without the dense tower; `AVAZU_OVERRIDES` "
+             "in bench/quality.py). `examples/s` in the FuxiCTR tables is training examples over `fit` wall "
+             "time, first-step compilation included: on 8k rows that is dominated by kzoo's one-off XLA / "
+             "tf.function compilation (5-10 s per run on 2 cores), which eager PyTorch (FuxiCTR) does not pay, "
+             "so the speed ratio is a small-data, cold-start figure, not steady-state throughput (see "
+             "docs/benchmarks.md for that).", ""]
+    for dataset in datasets:
+        cols = sorted({(k[3], k[2]) for k in summary if k[0] == dataset and not k[2].startswith("fuxictr")},
+                      key=lambda c: (c[0] != "default", c[1] != "tensorflow", c))
         lines += [f"## {dataset.capitalize()}", "",
-                  "| model | " + " | ".join(f"AUC ({b})" for b in backends) + " | logloss | params | seconds / run |",
-                  "|---|" + "---|" * len(backends) + "---|---|---|"]
-        lr_auc = {b: summary.get((dataset, "lr", b), {}).get("auc") for b in backends}
-        for model in args.models:
+                  "| model | " + " | ".join(f"AUC {v} ({b})" for v, b in cols) +
+                  " | Δ vs LR, tuned (tensorflow) | logloss (tuned) | params (tuned) | seconds / run (tuned) |",
+                  "|---|" + "---|" * len(cols) + "---|---|---|---|"]
+        lr_auc = {c: summary.get((dataset, "lr", c[1], c[0]), {}).get("auc") for c in cols}
+        for model in models:
             cells = []
-            for b in backends:
-                s = summary.get((dataset, model, b))
+            for v, b in cols:
+                s = summary.get((dataset, model, b, v))
                 if not s:
                     cells.append("–")
                     continue
-                flag = "" if lr_auc[b] is None or model == "lr" or s["auc"] > lr_auc[b] else " ⚠ ≤ LR"
+                flag = "" if lr_auc[(v, b)] is None or model == "lr" or s["auc"] > lr_auc[(v, b)] else " ⚠ ≤ LR"
                 cells.append(f"{s['auc']:.4f} ± {s['auc_std']:.4f}{flag}")
-            # logloss / params / time from the first backend that ran this model
-            first = next((summary[(dataset, model, b)] for b in backends if (dataset, model, b) in summary), None)
-            if first:
-                lines.append(f"| {model} | " + " | ".join(cells) +
-                             f" | {first['logloss']:.4f} | {first['params']:,} | {first['seconds']:.1f} |")
-        peer_rows = [(m, summary[(dataset, m, "fuxictr (torch)")]) for m in PEER
-                     if (dataset, m, "fuxictr (torch)") in summary]
+            info = summary.get((dataset, model, "tensorflow", "tuned")) or next(
+                (summary[(dataset, model, b, v)] for v, b in cols if (dataset, model, b, v) in summary), None)
+            if info:
+                lines.append(f"| {model} | " + " | ".join(cells) + f" | {versus_lr(summary, dataset, model, 'tensorflow', 'tuned')}"
+                             f" | {info['logloss']:.4f} | {info['params']:,} | {info['seconds']:.1f} |")
+        peer_rows = [(m, summary[(dataset, m, "fuxictr (torch)", "default")]) for m in PEER
+                     if (dataset, m, "fuxictr (torch)", "default") in summary]
         if peer_rows:
             lines += ["", f"### Against FuxiCTR on {dataset.capitalize()} (same split, same sizes, same run)", "",
+                      "Both sides with the default settings (dim 16, MLP 256-128, Adam 0.003, batch 256, one "
+                      "epoch), measured in one run of `python bench/quality.py`.", "",
                       "| model | backend | kzoo AUC | FuxiCTR AUC | AUC ratio | kzoo ex/s | FuxiCTR ex/s | speed ratio |",
                       "|---|---|---|---|---|---|---|---|"]
             for model, peer in peer_rows:
-                for b in backends:
-                    s = summary.get((dataset, model, b))
+                for b in sorted({c[1] for c in cols}):
+                    s = summary.get((dataset, model, b, "default"))
                     if s:
                         lines.append(f"| {model} | {b} | {s['auc']:.4f} | {peer['auc']:.4f} | "
                                      f"{s['auc'] / peer['auc']:.3f} | {s['examples_per_s']:,.0f} | "
                                      f"{peer['examples_per_s']:,.0f} | {s['examples_per_s'] / peer['examples_per_s']:.2f} |")
         lines.append("")
     lines += ["## Reading the table", "",
-              "- `⚠ ≤ LR` marks a model whose mean AUC does not beat logistic regression on the same backend. "
-              "On these 8k-row training splits LR is a strong baseline (Criteo 0.737): the deep models see "
-              "32 Adam steps of batch 256 in their one epoch, with untuned embedding dim 16 and no "
-              "regularisation, and the bigger ones (MaskNet 2.7M parameters, WuKong, the Rocket Launching "
-              "light net trained against a booster that itself has barely converged) are under-trained or "
-              "over-parameterised for 8k rows. A practitioner would tune dim (8), add embedding L2 "
-              "(`FeatureEmbedding.l2`) and train 2-3 epochs with early stopping for them; that sweep was not "
-              "run in this session.",
+              "- `⚠ ≤ LR` marks a model whose mean AUC does not beat logistic regression with the same settings "
+              "variant and backend; the Δ column says whether the gap is larger than the test split's noise.",
+              "- These are 8k-row training splits: one epoch is 32 Adam steps, and LR is a strong baseline at "
+              "this size. The bigger models (MaskNet, WuKong, xDeepFM, the Rocket Launching booster) have far "
+              "more parameters than the data can pin down; tuning helps most where the defaults over-fit in "
+              "the first epoch (see tuning.md's per-epoch validation AUC).",
               "- LR's ± 0.0000: its weights start at zero, so the model seed does not change it.",
               "- FuxiCTR runs with its own initialisation (what a user of it gets); its DeepFM on Criteo is "
               "over-confident after 32 steps with it (see bench/peer/README.md; `--init kzoo` brings it to "
@@ -238,11 +292,17 @@ def main() -> None:
     p.add_argument("--datasets", default="criteo,avazu")
     p.add_argument("--models", default=",".join(RANKING))
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--variant", choices=["default", "tuned"], default="default",
+                   help="zoo configs as they are, or with bench/tuned.json's settings (bench/tune.py)")
     p.add_argument("--backends", default="tensorflow,jax")
     p.add_argument("--other-backend-models", default="dcn_v2,deepfm",
                    help="models trained on the backends after the first (all: every model)")
-    p.add_argument("--no-peer", action="store_true")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="worker processes at once, one per (backend, dataset); >1 inflates the timing columns")
+    p.add_argument("--no-peer", action="store_true", help="skip FuxiCTR (it only runs with --variant default)")
     p.add_argument("--out", default=str(REPO / "docs" / "results.md"))
+    p.add_argument("--replace", action="store_true",
+                   help="start a fresh results .json instead of keeping the rows of other variants in it")
     p.add_argument("--from-json", help="rewrite the markdown from a results .json of an earlier run")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -251,23 +311,34 @@ def main() -> None:
     args.seeds = [int(s) for s in args.seeds.split(",")]
     if args.worker:
         return worker(args)
+    out = Path(args.out)
     if args.from_json:
-        rows = json.loads(Path(args.from_json).read_text())
-        Path(args.out).write_text(markdown(summarise(rows), args, "python bench/quality.py"))
+        doc = json.loads(Path(args.from_json).read_text())
+        out.write_text(markdown(summarise(doc["rows"]), args.models, args.datasets, doc["commands"]))
         return
-    rows = []
+    jobs = []
     for i, backend in enumerate(args.backends.split(",")):
         models = args.models if i == 0 or args.other_backend_models == "all" else \
             [m for m in args.other_backend_models.split(",") if m in args.models]
-        rows += run_backend(backend, args, models)
-    if not args.no_peer:
+        jobs += [(backend, models, [d]) for d in args.datasets] if args.jobs > 1 else [(backend, models, args.datasets)]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = [r for part in pool.map(lambda job: run_backend(job[0], args, *job[1:]), jobs) for r in part]
+    if not args.no_peer and args.variant == "default":
         rows += run_peer(args)
-    out = Path(args.out)
+    command = ("python bench/quality.py " + " ".join(sys.argv[1:])).strip()
+    # Keep the other variant's rows (and its command) from the previous results .json.
+    store = out.with_suffix(".json")
+    doc = {"commands": [], "rows": []}
+    if store.is_file() and not args.replace:
+        doc = json.loads(store.read_text())
+        doc["rows"] = [r for r in doc["rows"] if r.get("variant", "default") != args.variant]
+        doc["commands"] = [c for c in doc["commands"] if ("--variant tuned" in c) != (args.variant == "tuned")]
+    doc["rows"] += rows
+    doc["commands"].append(command)
     out.parent.mkdir(parents=True, exist_ok=True)
-    (out.with_suffix(".json")).write_text(json.dumps(rows, indent=1))
-    command = "python bench/quality.py " + " ".join(sys.argv[1:])
-    out.write_text(markdown(summarise(rows), args, command.strip()))
-    print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
+    store.write_text(json.dumps(doc))
+    out.write_text(markdown(summarise(doc["rows"]), args.models, args.datasets, doc["commands"]))
+    print(f"wrote {out} and {store}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ def model_inputs(spec: Spec) -> dict:
     return {n: keras.Input(shape=(1,), dtype=model_dtype(by_name[n]), name=n) for n in spec.used_features()}
 
 
+# Blocks whose weights are embedding tables: `train.embedding_l2` is their default `l2`.
+EMBEDDING_TABLE_BLOCKS = ("FeatureEmbedding", "Linear")
+
+
 def build(spec, stats: dict | None = None) -> keras.Model:
     """A plain keras.Model for `spec`; compile and fit it yourself, or use `kzoo.train`.
 
@@ -33,6 +37,8 @@ def build(spec, stats: dict | None = None) -> keras.Model:
         i = index[b["name"]]
         cls = get_block(b["type"])
         args = dict(b.get("args", {}))
+        if b["type"] in EMBEDDING_TABLE_BLOCKS and "l2" not in args and spec.train.get("embedding_l2"):
+            args["l2"] = spec.train["embedding_l2"]
         refs = b.get("inputs", [])
         try:
             if cls.feature_block:

@@ -125,3 +125,34 @@ def test_dot_interaction_pairs():
     np.testing.assert_allclose(np.sort(out, axis=1), np.sort(expected, axis=1), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="one size"):
         DotInteraction()([bottom, RNG.normal(size=(2, 3, 4)).astype("float32")])
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adagrad"])
+def test_optimizer_steps_on_repeated_rows_match_numpy(optimizer):
+    """A row looked up several times in a batch gets the optimizer step of its *summed* gradient
+    (as dense-gradient JAX does); per-occurrence slices would give Adam sum(g^2) for v."""
+    import keras
+
+    table0 = RNG.normal(0, 0.1, (5, 3)).astype("float32")
+    coef = np.array([1.0, -2.0, 0.5], "float32")
+    batches = [np.array([[1], [1], [1], [2]], "int32"), np.array([[3], [1], [0], [0]], "int32")]
+    x = keras.Input((1,), dtype="int32", name="c")
+    emb = FeatureEmbedding(dim=3, features=[{"name": "c", "kind": "categorical", "vocab_size": 5}])
+    out = keras.ops.sum(emb({"c": x}) * coef, axis=(1, 2))
+    model = keras.Model(x, out)
+    emb.embeddings.assign(table0)
+    lr = 0.01
+    opt = keras.optimizers.Adam(lr) if optimizer == "adam" else keras.optimizers.Adagrad(lr, initial_accumulator_value=0.1)
+    model.compile(optimizer=opt, loss=lambda y_true, y_pred: keras.ops.mean(y_pred))  # d loss / d row = count * coef / B
+    w, m, v, acc = table0.astype("float64"), np.zeros((5, 3)), np.zeros((5, 3)), np.full((5, 3), 0.1)
+    for t, ids in enumerate(batches, start=1):
+        model.train_on_batch(ids, np.zeros(len(ids), "float32"))
+        g = np.zeros((5, 3))
+        np.add.at(g, ids[:, 0], coef / len(ids))
+        if optimizer == "adam":
+            m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+            w = w - lr * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m / (np.sqrt(v) + 1e-7)
+        else:
+            acc = acc + g * g
+            w = w - lr * g / np.sqrt(acc + 1e-7)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(emb.embeddings), w, atol=2e-6)

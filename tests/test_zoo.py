@@ -64,3 +64,54 @@ def test_bundled_dataset_swaps_in_for_named_loaders(data_dir, tmp_path):
                          verbose=0)
     assert json.loads((tmp_path / "run" / "spec.json").read_text())["features"]["name"] == "avazu"
     assert metrics["ctr"]["auc"] > 0.6, metrics
+
+
+def test_tuning_settings_give_valid_specs_with_the_knobs_applied():
+    """bench/tune.py's knobs applied to every config, on both datasets, build valid specs; and
+    the settings it chose (bench/tuned.json) are valid for the models they name."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from tune import KNOBS, TUNED_JSON, apply_setting
+    from quality import spec_for
+
+    every = {knob: values[-1] for knob, values in KNOBS}
+    for dataset in ("criteo", "avazu"):
+        for model in RANKING:
+            raw = spec_for(model, dataset)
+            tuned = apply_setting(raw, every)
+            kzoo.load_spec(tuned)
+            assert tuned["train"]["optimizer"]["learning_rate"] == every["learning_rate"]
+            assert tuned["train"]["embedding_l2"] == every["embedding_l2"]
+            assert tuned["train"]["early_stopping"]["monitor"] == "val_auc"
+            dims = [(a["args"]["dim"], b["args"]["dim"]) for a, b in zip(raw["blocks"], tuned["blocks"])
+                    if a["type"] == "FeatureEmbedding"]
+            assert dims and all(new == max(2, round(old * every["dim_scale"])) for old, new in dims)
+            assert all(b["args"].get("dropout") == every["dropout"] for b in tuned["blocks"] if b["type"] == "MLP")
+    chosen = json.loads(TUNED_JSON.read_text())
+    assert set(chosen) == {"criteo", "avazu"} and all(set(chosen[d]) == set(RANKING) for d in chosen)
+    for dataset, models in chosen.items():
+        for model, result in models.items():
+            kzoo.load_spec(apply_setting(spec_for(model, dataset), result["setting"]))
+
+
+def test_tuning_search_keeps_only_validation_improvements():
+    import sys
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from tune import DEFAULT, MAX_EPOCHS, search
+
+    raw = kzoo.load_spec(REPO / "zoo_configs" / "lr.json").raw
+    raw["train"]["batch_size"] = 200  # 800 training rows: 4 full batches
+    result = search(raw, "synthetic:1000", "lr")
+    trace = result["trace"]
+    # LR has no embedding dim to halve and no MLP for dropout: default, one learning rate, two L2s.
+    settings = [t["setting"] for t in trace]
+    assert len(trace) == 4 and settings[0] == DEFAULT and settings[1]["learning_rate"] == 0.001, settings
+    assert [s["embedding_l2"] for s in settings[2:]] == [0.01, 0.1], settings
+    assert all(s["dim_scale"] == 1.0 and s["dropout"] == 0.0 for s in settings), settings
+    for t in trace:
+        assert 1 <= t["epochs"] <= MAX_EPOCHS and t["val_auc"] == max(t["val_auc_per_epoch"])
+    # A change is kept only when it beats everything before it, so the choice is the best tried.
+    assert result["val_auc"] == max(t["val_auc"] for t in trace)
+    assert result["default_val_auc"] == trace[0]["val_auc"]
