@@ -98,7 +98,7 @@ def test_predictions(run: Path, data: str):
     spec, frame = prepare_data(spec, data)
     test_df = split_frames(spec, frame)[2]
     pred = predict_frame(model, spec, Preprocessor(spec.features, prep["stats"], prep["used"]), test_df)["ctr"]
-    return test_df[spec.task_label(spec.tasks[0])].astype(int).tolist(), [round(float(p), 6) for p in pred]
+    return test_df[spec.task_label(spec.tasks[0])].astype(int).tolist(), [round(float(p), 5) for p in pred]
 
 
 def worker(args) -> None:
@@ -195,21 +195,54 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def versus_lr(summary: dict, dataset: str, model: str, backend: str, variant: str) -> str:
+def versus_lr(summary: dict, dataset: str, model: str, backend: str = "tensorflow", variant: str = "tuned"):
     """Paired bootstrap of mean AUC(model) - mean AUC(LR) over the seeds, on the same test rows."""
     from kzoo.metrics import auc_difference
 
     s, lr = summary.get((dataset, model, backend, variant)), summary.get((dataset, "lr", backend, variant))
     if model == "lr" or not s or not lr or not s["predictions"] or not lr["predictions"]:
-        return "–"
+        return None
     d = auc_difference(s["labels"], s["predictions"], lr["predictions"], n_boot=1000)
-    verdict = "better" if d["low"] > 0 else ("worse" if d["high"] < 0 else "no clear difference")
-    return f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] {verdict}"
+    d["verdict"] = "better" if d["low"] > 0 else ("worse" if d["high"] < 0 else "no clear difference")
+    return d
 
 
-def markdown(summary: dict, models: list[str], datasets: list[str], commands: list[str]) -> str:
+def plot_versus_lr(gaps: dict, datasets: list[str], png: Path) -> bool:
+    """One panel per dataset: each model's tuned AUC gap to tuned LR with its 95 % interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [d for d in datasets if any(k[0] == d for k in gaps)]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), sharey=True, squeeze=False)
+    for ax, dataset in zip(axes[0], panels):
+        rows = [(m, g) for (d, m), g in gaps.items() if d == dataset]
+        ys = range(len(rows))
+        colors = ["tab:green" if g["low"] > 0 else "tab:red" if g["high"] < 0 else "tab:gray" for _, g in rows]
+        for y, (_, g), color in zip(ys, rows, colors):
+            ax.errorbar(g["diff"], y, xerr=[[g["diff"] - g["low"]], [g["high"] - g["diff"]]], fmt="o",
+                        color=color, capsize=3)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(list(ys), [m for m, _ in rows])
+        ax.invert_yaxis()
+        ax.set_title(f"{dataset.capitalize()}: tuned model AUC − tuned LR AUC")
+        ax.set_xlabel("test AUC difference (mean over seeds), 95 % paired bootstrap interval")
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def markdown(summary: dict, models: list[str], datasets: list[str], commands: list[str], png: Path) -> str:
     import keras
     import tensorflow as tf
+
+    gaps = {(d, m): g for d in datasets for m in models if (g := versus_lr(summary, d, m))}
+    plotted = plot_versus_lr(gaps, datasets, png)
 
     lines = ["# Results: ranking models on real Criteo and Avazu slices", "",
              "Made by " + " and ".join(f"`{c}`" for c in commands) + f" on {time.strftime('%Y-%m-%d')}, "
@@ -235,6 +268,9 @@ def markdown(summary: dict, models: list[str], datasets: list[str], commands: li
              "tf.function compilation (5-10 s per run on 2 cores), which eager PyTorch (FuxiCTR) does not pay, "
              "so the speed ratio is a small-data, cold-start figure, not steady-state throughput (see "
              "docs/benchmarks.md for that).", ""]
+    if plotted:
+        lines += [f"![Tuned models against tuned LR]({png.name})", "",
+                  "Green: better than LR beyond the test split's noise; red: worse; grey: no clear difference.", ""]
     for dataset in datasets:
         cols = sorted({(k[3], k[2]) for k in summary if k[0] == dataset and not k[2].startswith("fuxictr")},
                       key=lambda c: (c[0] != "default", c[1] != "tensorflow", c))
@@ -255,7 +291,9 @@ def markdown(summary: dict, models: list[str], datasets: list[str], commands: li
             info = summary.get((dataset, model, "tensorflow", "tuned")) or next(
                 (summary[(dataset, model, b, v)] for v, b in cols if (dataset, model, b, v) in summary), None)
             if info:
-                lines.append(f"| {model} | " + " | ".join(cells) + f" | {versus_lr(summary, dataset, model, 'tensorflow', 'tuned')}"
+                g = gaps.get((dataset, model))
+                gap = f"{g['diff']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}] {g['verdict']}" if g else "–"
+                lines.append(f"| {model} | " + " | ".join(cells) + f" | {gap}"
                              f" | {info['logloss']:.4f} | {info['params']:,} | {info['seconds']:.1f} |")
         peer_rows = [(m, summary[(dataset, m, "fuxictr (torch)", "default")]) for m in PEER
                      if (dataset, m, "fuxictr (torch)", "default") in summary]
@@ -314,7 +352,8 @@ def main() -> None:
     out = Path(args.out)
     if args.from_json:
         doc = json.loads(Path(args.from_json).read_text())
-        out.write_text(markdown(summarise(doc["rows"]), args.models, args.datasets, doc["commands"]))
+        out.write_text(markdown(summarise(doc["rows"]), args.models, args.datasets, doc["commands"],
+                                out.with_suffix(".png")))
         return
     jobs = []
     for i, backend in enumerate(args.backends.split(",")):
@@ -337,7 +376,7 @@ def main() -> None:
     doc["commands"].append(command)
     out.parent.mkdir(parents=True, exist_ok=True)
     store.write_text(json.dumps(doc))
-    out.write_text(markdown(summarise(doc["rows"]), args.models, args.datasets, doc["commands"]))
+    out.write_text(markdown(summarise(doc["rows"]), args.models, args.datasets, doc["commands"], out.with_suffix(".png")))
     print(f"wrote {out} and {store}", file=sys.stderr)
 
 

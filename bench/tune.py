@@ -14,7 +14,8 @@ change only when it raises the *validation* AUC (the test split is never looked 
 
 Every candidate trains up to 3 epochs with early stopping on validation AUC (patience 0, best
 weights restored), so the number of epochs is tuned too. A knob that does not change a model's
-spec (dim for LR, dropout where there is no MLP) is not tried. Model seed 0, split seed 0 (the
+spec (dim for LR, dropout where there is no MLP) is not tried. Halving the embedding size also
+halves DLRM's dense-tower output (the dot interaction needs equal sizes). Model seed 0, split seed 0 (the
 split of bench/quality.py). The result, bench/tuned.json, is what `bench/quality.py --variant
 tuned` trains with; the search trace goes into docs/tuning.md.
 
@@ -31,7 +32,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +45,7 @@ from quality import DATA, RANKING, data_dir, spec_for  # noqa: E402
 KNOBS = [("learning_rate", [0.003, 0.001]), ("dim_scale", [1.0, 0.5]), ("embedding_l2", [0.0, 0.01, 0.1]),
          ("dropout", [0.0, 0.2])]
 DEFAULT = {k: values[0] for k, values in KNOBS}
+SEARCHED = [k for k, _ in KNOBS]  # --knobs picks a subset
 MAX_EPOCHS = 3
 TUNED_JSON = REPO / "bench" / "tuned.json"
 
@@ -52,17 +56,33 @@ def apply_setting(raw: dict, setting: dict) -> dict:
     s = {**DEFAULT, **setting}
     train = raw.setdefault("train", {})
     train["epochs"] = MAX_EPOCHS
-    train["early_stopping"] = {"monitor": "val_auc", "mode": "max", "patience": 0}
+    train["early_stopping"] = {"monitor": monitor(raw), "mode": "max", "patience": 0}
     train["optimizer"] = {**train.get("optimizer", {"type": "adam"}), "learning_rate": s["learning_rate"]}
     if s["embedding_l2"]:
         train["embedding_l2"] = s["embedding_l2"]
+    blocks = {b["name"]: b for b in raw["blocks"]}
     for block in raw["blocks"]:
         args = block.setdefault("args", {})
         if block["type"] == "FeatureEmbedding" and s["dim_scale"] != 1.0:
             args["dim"] = max(2, round(args["dim"] * s["dim_scale"]))
         if block["type"] in ("MLP", "WuKong") and s["dropout"]:
             args["dropout"] = s["dropout"]
+    # DLRM: the dense tower's last width is the embedding size the dot interaction pairs it with.
+    for block in raw["blocks"]:
+        if block["type"] == "DotInteraction":
+            ins = [blocks[n] for n in block.get("inputs", []) if n in blocks]
+            dims = {b["args"]["dim"] for b in ins if b["type"] == "FeatureEmbedding"}
+            for b in ins:
+                if b["type"] == "MLP" and len(dims) == 1:
+                    b["args"]["units"] = b["args"]["units"][:-1] + [next(iter(dims))]
     return raw
+
+
+def monitor(raw: dict) -> str:
+    """Validation AUC of the served task (the first of `export.tasks`, else the first task)."""
+    if len(raw["tasks"]) == 1:
+        return "val_auc"
+    return f"val_{raw.get('export', {}).get('tasks', [raw['tasks'][0]['name']])[0]}_auc"
 
 
 def train_once(raw: dict, data: str, seed: int = 0) -> dict:
@@ -74,12 +94,12 @@ def train_once(raw: dict, data: str, seed: int = 0) -> dict:
         kzoo.train(spec, data, Path(tmp) / "run", seed=seed, verbose=0)
         lines = (Path(tmp) / "run" / "history.csv").read_text().splitlines()
     header = lines[0].split(",")
-    val = [float(line.split(",")[header.index("val_auc")]) for line in lines[1:]]
+    val = [float(line.split(",")[header.index(raw["train"]["early_stopping"]["monitor"])]) for line in lines[1:]]
     best = max(range(len(val)), key=val.__getitem__)
     return {"val_auc": val[best], "epochs": best + 1, "val_auc_per_epoch": val, "seconds": round(time.time() - start, 1)}
 
 
-def search(raw: dict, data: str, label: str) -> dict:
+def search(raw: dict, data: str, label: str, knobs: list[str] = SEARCHED) -> dict:
     """Coordinate search for spec `raw` on `data`; returns the chosen setting and the trace."""
     current = dict(DEFAULT)
     first = train_once(apply_setting(raw, current), data)
@@ -87,6 +107,8 @@ def search(raw: dict, data: str, label: str) -> dict:
     best = first["val_auc"]
     log(f"{label} default: val AUC {best:.4f} (epochs {first['epochs']}, {first['seconds']} s)")
     for knob, values in KNOBS:
+        if knob not in knobs:
+            continue
         chosen = current
         for value in values[1:]:
             candidate = {**current, knob: value}
@@ -113,7 +135,8 @@ def log(msg: str) -> None:
 def worker(args) -> None:
     dataset = args.datasets[0]
     for model in args.models:
-        result = search(spec_for(model, dataset), f"{dataset}:{data_dir() / DATA[dataset]}", f"{dataset:<6} {model:<16}")
+        result = search(spec_for(model, dataset), f"{dataset}:{data_dir() / DATA[dataset]}",
+                        f"{dataset:<6} {model:<16}", args.knobs)
         print(json.dumps({"dataset": args.datasets[0], "model": model, **result}), flush=True)
 
 
@@ -124,7 +147,7 @@ def tune_own(args) -> None:
     if not args.data:
         raise SystemExit("--spec needs --data (e.g. --data criteo:PATH or --data my.parquet)")
     raw = kzoo.load_spec(args.spec).raw
-    result = search(raw, args.data, Path(args.spec).stem)
+    result = search(raw, args.data, Path(args.spec).stem, args.knobs)
     print(json.dumps({k: result[k] for k in ("setting", "val_auc", "epochs", "default_val_auc")}, indent=1))
     if args.write_spec:
         Path(args.write_spec).write_text(json.dumps(apply_setting(raw, result["setting"]), indent=2))
@@ -135,7 +158,8 @@ def markdown(tuned: dict) -> str:
     lines = ["# Tuning the ranking zoo on the Criteo and Avazu slices", "",
              "Made by `python bench/tune.py` (TensorFlow backend, model seed 0, split seed 0). A coordinate "
              "search over learning rate (0.003 | 0.001), embedding size (as configured | halved), embedding "
-             "L2 (`train.embedding_l2`: 0 | 0.01 | 0.1) and MLP dropout (0 | 0.2), each candidate trained up "
+             "L2 (`train.embedding_l2`: 0 | 0.01 | 0.1) and dropout in MLP / WuKong blocks (0 | 0.2), in "
+             "that order, each candidate trained up "
              f"to {MAX_EPOCHS} epochs with early stopping on validation AUC; a change is kept only when it "
              "raises validation AUC. The test split is not used here: docs/results.md reports test AUC over 3 "
              "seeds of the chosen settings (`python bench/quality.py --variant tuned`).", "",
@@ -175,6 +199,8 @@ def main() -> None:
     p.add_argument("--models", default=",".join(RANKING))
     p.add_argument("--out", default=str(TUNED_JSON))
     p.add_argument("--docs", default=str(REPO / "docs" / "tuning.md"))
+    p.add_argument("--knobs", default=",".join(SEARCHED), help="knobs to search, in this order of KNOBS "
+                   f"(all: {','.join(k for k, _ in KNOBS)})")
     p.add_argument("--spec", help="tune your own spec instead of the zoo (with --data; runs on KERAS_BACKEND)")
     p.add_argument("--data", help="the data for --spec, as for `kzoo train --data`")
     p.add_argument("--write-spec", help="with --spec: write the tuned spec here")
@@ -182,24 +208,35 @@ def main() -> None:
     args = p.parse_args()
     args.datasets = args.datasets.split(",")
     args.models = args.models.split(",")
+    args.knobs = args.knobs.split(",")
+    if unknown := set(args.knobs) - set(DEFAULT):
+        raise SystemExit(f"unknown knob(s) {sorted(unknown)}; known: {', '.join(DEFAULT)}")
     if args.worker:
         return worker(args)
     if args.spec:
         return tune_own(args)
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    procs = {d: subprocess.Popen([sys.executable, __file__, "--worker", "--datasets", d, "--models",
-                                  ",".join(args.models)], env=env, stdout=subprocess.PIPE, text=True)
-             for d in args.datasets}
     out = Path(args.out)
     tuned = json.loads(out.read_text()) if out.is_file() else {}
-    for dataset, proc in procs.items():
+    lock = threading.Lock()
+
+    def run(dataset: str) -> int:
+        # Every finished model is written at once, so a failure elsewhere loses nothing.
+        proc = subprocess.Popen([sys.executable, __file__, "--worker", "--datasets", dataset, "--models",
+                                 ",".join(args.models), "--knobs", ",".join(args.knobs)],
+                                env=env, stdout=subprocess.PIPE, text=True)
         for line in proc.stdout:
             if line.startswith("{"):
                 row = json.loads(line)
-                tuned.setdefault(dataset, {})[row.pop("model")] = {k: v for k, v in row.items() if k != "dataset"}
-                out.write_text(json.dumps(tuned, indent=1))
-        if proc.wait() != 0:
-            raise SystemExit(f"the {dataset} worker failed (exit {proc.returncode})")
+                with lock:
+                    tuned.setdefault(dataset, {})[row.pop("model")] = {k: v for k, v in row.items() if k != "dataset"}
+                    out.write_text(json.dumps(tuned, indent=1))
+        return proc.wait()
+
+    with ThreadPoolExecutor(len(args.datasets)) as pool:
+        codes = dict(zip(args.datasets, pool.map(run, args.datasets)))
+    if failed := [d for d, c in codes.items() if c]:
+        raise SystemExit(f"the {', '.join(failed)} worker(s) failed; finished models are in {out}")
     ordered = {d: {m: tuned[d][m] for m in RANKING if m in tuned[d]} for d in tuned}
     out.write_text(json.dumps(ordered, indent=1))
     Path(args.docs).write_text(markdown(ordered))

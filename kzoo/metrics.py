@@ -106,7 +106,7 @@ def auc_difference(y_true, scores_a, scores_b, *, n_boot: int = 1000, level: flo
     ``scores_a`` / ``scores_b`` are one score array each, or a list of them (e.g. one per
     training seed): the difference is then the mean over the runs of each model. Test rows are
     resampled with replacement ``n_boot`` times, the same rows for both models, so the interval
-    reflects the test sample's noise with the pairing kept (Efron & Tibshirani 1993, §16;
+    reflects the test sample's noise with the pairing kept (Efron & Tibshirani 1993;
     resamples with a single class are redrawn).
 
     Returns ``{"diff", "low", "high", "p_not_better"}``: the difference on the full test set,

@@ -296,6 +296,10 @@ def check(raw: dict, source: str | None = None) -> Spec:
     for i, name in enumerate(raw.get("export", {}).get("tasks", [])):
         if name not in task_names:
             add(f"export.tasks[{i}]", f"'{name}' is not a task{did_you_mean(name, task_names)}")
+    monitor = raw.get("train", {}).get("early_stopping", {}).get("monitor")
+    if monitor is not None and monitor not in (logged := logged_metrics(raw)):
+        add("train.early_stopping.monitor", f"'{monitor}' is not a metric this spec logs"
+                                            f"{did_you_mean(monitor, logged)}; it logs {logged}")
 
     cycle = _find_cycle(edges)
     if cycle:
@@ -314,6 +318,22 @@ def check(raw: dict, source: str | None = None) -> Spec:
     read = {x[6:] for b in raw["blocks"] if b["name"] in _reachable([t["input"] for t in raw["tasks"]], edges)
             for x in b.get("inputs", []) if x.startswith("group:")}
     return Spec(raw=raw, source=source, groups={g: groups[g] for g in groups if g in read})
+
+
+def task_metrics(task: dict) -> list[str]:
+    """The metrics a task reports: its `metrics`, else AUC and logloss (binary) or MAE."""
+    return task.get("metrics", ["auc", "logloss"] if task.get("type", "binary") == "binary" else ["mae"])
+
+
+def logged_metrics(raw: dict) -> list[str]:
+    """The names Keras logs for this spec, as `train.early_stopping.monitor` may name them: one task
+    logs `auc`, several log `<task>_auc` and `<task>_loss`; `val_` for the validation split."""
+    tasks = raw["tasks"]
+    if len(tasks) == 1:
+        names = ["loss"] + task_metrics(tasks[0])
+    else:
+        names = ["loss"] + [f"{t['name']}_{m}" for t in tasks for m in ["loss"] + task_metrics(t)]
+    return names + [f"val_{n}" for n in names]
 
 
 def _reachable(roots: list[str], edges: dict[str, list[str]]) -> set[str]:

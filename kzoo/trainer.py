@@ -30,7 +30,7 @@ from kzoo.features import Preprocessor, fit_stats, raw_arrays
 from kzoo.graph import build
 from kzoo.losses import make_loss
 from kzoo.optim import make_model_optimizer
-from kzoo.spec import Spec, load_spec
+from kzoo.spec import Spec, load_spec, task_metrics
 
 DEFAULTS = {"batch_size": 512, "epochs": 1, "seed": 0}
 
@@ -72,7 +72,7 @@ def compile_model(model: keras.Model, spec: Spec, steps_per_epoch: int | None = 
         losses[t["name"]] = make_loss(t.get("loss"))
         weights[t["name"]] = t.get("loss_weight", 1.0)
         ms = []
-        for m in t.get("metrics", ["auc", "logloss"] if t.get("type", "binary") == "binary" else ["mae"]):
+        for m in task_metrics(t):
             ms.append({"auc": lambda: keras.metrics.AUC(name="auc", num_thresholds=1000),
                        "logloss": lambda: keras.metrics.BinaryCrossentropy(name="logloss"),
                        "mae": lambda: keras.metrics.MeanAbsoluteError(name="mae"),

@@ -83,6 +83,12 @@ BAD = {
     "bad feature type": (lambda s: s["features"]["features"][1].update(type="numerc"), "features.features[1].type",
                          "did you mean 'numeric'"),
     "dataset ref missing": (set_(["features"], {"$ref": "datasets/nope.json"}), "features.$ref", "not found"),
+    "early stopping on an unlogged metric": (set_(["train"], {"early_stopping": {"monitor": "val_acu"}}),
+                                             "train.early_stopping.monitor", "did you mean 'val_auc'"),
+    "multi-task monitor without the task": (
+        lambda s: (s["tasks"].append({"name": "cvr", "input": "top"}),
+                   s.update(train={"early_stopping": {"monitor": "val_auc"}})),
+        "train.early_stopping.monitor", "'val_cvr_auc'"),
 }
 
 
