@@ -165,14 +165,16 @@ def markdown(tuned: dict) -> str:
              "seeds of the chosen settings (`python bench/quality.py --variant tuned`).", "",
              "Validation is 1,000 rows (Criteo ~215 positives, Avazu ~170): AUC differences below ~0.01 "
              "between candidates are within its noise, so the chosen settings are a practitioner's "
-             "best guess on this slice, not a precise optimum.", "",
+             "best guess on this slice, not a precise optimum. Both columns train up to 3 epochs with early "
+             "stopping: the zoo config's row is its settings unchanged otherwise.", "",
              "Tune your own spec the same way (on the backend of `KERAS_BACKEND`; it needs a validation "
              "split and a binary task with an `auc` metric):", "", "```",
              "python bench/tune.py --spec my_spec.json --data criteo:PATH --write-spec my_spec.tuned.json",
              "```", ""]
     for dataset, models in tuned.items():
         lines += [f"## {dataset.capitalize()}", "",
-                  "| model | default val AUC (epochs) | tuned val AUC (epochs) | chosen setting | candidates tried |",
+                  "| model | zoo config: val AUC (best epoch) | tuned: val AUC (best epoch) | chosen setting | "
+                  "candidates tried |",
                   "|---|---|---|---|---|"]
         for model, r in models.items():
             first = r["trace"][0]
@@ -237,7 +239,7 @@ def main() -> None:
         codes = dict(zip(args.datasets, pool.map(run, args.datasets)))
     if failed := [d for d, c in codes.items() if c]:
         raise SystemExit(f"the {', '.join(failed)} worker(s) failed; finished models are in {out}")
-    ordered = {d: {m: tuned[d][m] for m in RANKING if m in tuned[d]} for d in tuned}
+    ordered = {d: {m: tuned[d][m] for m in RANKING if m in tuned[d]} for d in sorted(tuned, key=list(DATA).index)}
     out.write_text(json.dumps(ordered, indent=1))
     Path(args.docs).write_text(markdown(ordered))
     log(f"wrote {out} and {args.docs}")
