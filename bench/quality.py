@@ -125,6 +125,9 @@ def worker(args) -> None:
                       f"logloss {row['logloss']:.4f} ({row['seconds']:.0f} s)", file=sys.stderr, flush=True)
 
 
+FAILED: list[str] = []
+
+
 def run_backend(backend: str, args, models: list[str], datasets: list[str]) -> list[dict]:
     cmd = [sys.executable, __file__, "--worker", "--datasets", ",".join(datasets), "--models",
            ",".join(models), "--seeds", ",".join(map(str, args.seeds)), "--variant", args.variant]
@@ -132,8 +135,8 @@ def run_backend(backend: str, args, models: list[str], datasets: list[str]) -> l
     print(f"== kzoo on {backend}: {', '.join(datasets)}", file=sys.stderr, flush=True)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
     rows = [json.loads(line) for line in proc.stdout if line.startswith("{")]
-    if proc.wait() != 0:
-        raise SystemExit(f"the {backend} worker failed (exit {proc.returncode})")
+    if proc.wait() != 0:  # keep what finished; main() reports the failure after writing it
+        FAILED.append(f"the {backend} worker on {', '.join(datasets)} (exit {proc.returncode})")
     return rows
 
 
@@ -378,6 +381,8 @@ def main() -> None:
     store.write_text(json.dumps(doc))
     out.write_text(markdown(summarise(doc["rows"]), args.models, args.datasets, doc["commands"], out.with_suffix(".png")))
     print(f"wrote {out} and {store}", file=sys.stderr)
+    if FAILED:
+        raise SystemExit("failed, its finished runs are in the results: " + "; ".join(FAILED))
 
 
 if __name__ == "__main__":

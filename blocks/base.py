@@ -24,6 +24,14 @@ def flat_width(shape) -> int:
     return width
 
 
+def shape_list(input_shape) -> list:
+    """A list of shapes, whether Keras passed one shape or one per input. (A reloaded model's
+    build config gives a single shape as a JSON list, so `isinstance(shape, list)` cannot tell.)"""
+    if isinstance(input_shape, (list, tuple)) and input_shape and isinstance(input_shape[0], (list, tuple)):
+        return [tuple(s) for s in input_shape]
+    return [tuple(input_shape)]
+
+
 def as_list(inputs) -> list:
     return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
 

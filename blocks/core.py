@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from blocks.base import Block, as_list, check_fraction, check_positive_int, flat_width, flatten_2d
+from blocks.base import Block, as_list, check_fraction, check_positive_int, flat_width, flatten_2d, shape_list
 from blocks.registry import register_block
 
 
@@ -322,7 +322,7 @@ class Concat(Block):
         return xs[0] if len(xs) == 1 else ops.concatenate(xs, axis=-1)
 
     def compute_output_shape(self, input_shape):
-        shapes = input_shape if isinstance(input_shape, list) else [input_shape]
+        shapes = shape_list(input_shape)
         return (None, sum(flat_width(s) for s in shapes))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras_rs
 from keras import ops
 
-from blocks.base import Block, as_list, check_positive_int, flat_width, flatten_2d
+from blocks.base import Block, as_list, check_positive_int, flat_width, flatten_2d, shape_list
 from blocks.registry import register_block
 
 
@@ -128,7 +128,7 @@ class DotInteraction(Block):
         return vectors
 
     def build(self, input_shape):
-        shapes = input_shape if isinstance(input_shape, list) else [input_shape]
+        shapes = shape_list(input_shape)
         dims = {s[-1] for s in shapes}
         if len(dims) != 1:
             raise ValueError(f"DotInteraction needs vectors of one size, received last dims {sorted(dims)}; "
@@ -138,7 +138,7 @@ class DotInteraction(Block):
         return self.interaction(self._vectors(inputs))
 
     def compute_output_shape(self, input_shape):
-        shapes = input_shape if isinstance(input_shape, list) else [input_shape]
+        shapes = shape_list(input_shape)
         n = sum(s[1] if len(s) == 3 else 1 for s in shapes)
         pairs = n * (n + 1) // 2 if self.self_interaction else n * (n - 1) // 2
         return (None, pairs)

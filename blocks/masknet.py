@@ -5,18 +5,11 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from blocks.base import Block, as_list, check_fraction, check_positive_int, flat_width, flatten_2d
+from blocks.base import Block, as_list, check_fraction, check_positive_int, flat_width, flatten_2d, shape_list
 from blocks.registry import register_block
 
 # PyTorch's LayerNorm default, as in the reference implementations.
 LN_EPSILON = 1e-5
-
-
-def _shapes(input_shape) -> list:
-    """A list of shapes, whether Keras passed one shape or one per input."""
-    if isinstance(input_shape, (list, tuple)) and input_shape and isinstance(input_shape[0], (list, tuple)):
-        return [tuple(s) for s in input_shape]
-    return [tuple(input_shape)]
 
 
 def _check_mask_args(hidden_units, reduction_ratio, aggregation_dim, dropout) -> None:
@@ -82,7 +75,7 @@ class MaskBlock(Block):
         self.dropout_layer = keras.layers.Dropout(self.dropout, name="dropout") if self.dropout else None
 
     def build(self, input_shape):
-        shapes = _shapes(input_shape)
+        shapes = shape_list(input_shape)
         if len(shapes) not in (1, 2):
             raise ValueError(f"MaskBlock takes [embedding] or [embedding, hidden], received {len(shapes)} inputs")
         emb_shape = shapes[0]
@@ -126,7 +119,7 @@ class MaskBlock(Block):
         return out
 
     def compute_output_shape(self, input_shape):
-        return (_shapes(input_shape)[0][0], self.hidden_units)
+        return (shape_list(input_shape)[0][0], self.hidden_units)
 
     def get_config(self):
         return {**super().get_config(), "hidden_units": self.hidden_units, "reduction_ratio": self.reduction_ratio,

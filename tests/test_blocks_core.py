@@ -125,6 +125,12 @@ def test_dot_interaction_pairs():
     np.testing.assert_allclose(np.sort(out, axis=1), np.sort(expected, axis=1), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="one size"):
         DotInteraction()([bottom, RNG.normal(size=(2, 3, 4)).astype("float32")])
+    # One (batch, F, d) input alone (DLRM without a dense tower): builds again from its saved
+    # config on reload, where the single shape arrives as a JSON list.
+    single = [emb[:, i] for i in range(3)]
+    expected = np.stack([np.sum(single[i] * single[j], axis=1) for i in range(3) for j in range(i)], axis=1)
+    out = run_layer_test(DotInteraction, {}, emb, (2, 3), train=False)
+    np.testing.assert_allclose(np.sort(out, axis=1), np.sort(expected, axis=1), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adagrad"])
