@@ -210,6 +210,9 @@ def versus_lr(summary: dict, dataset: str, model: str, backend: str = "tensorflo
     return d
 
 
+VERDICT_COLORS = {"better": "tab:green", "worse": "tab:red", "no clear difference": "tab:gray"}
+
+
 def plot_versus_lr(gaps: dict, datasets: list[str], png: Path) -> bool:
     """One panel per dataset: each model's tuned AUC gap to tuned LR with its 95 % interval."""
     import matplotlib
@@ -224,7 +227,7 @@ def plot_versus_lr(gaps: dict, datasets: list[str], png: Path) -> bool:
     for ax, dataset in zip(axes[0], panels):
         rows = [(m, g) for (d, m), g in gaps.items() if d == dataset]
         ys = range(len(rows))
-        colors = ["tab:green" if g["low"] > 0 else "tab:red" if g["high"] < 0 else "tab:gray" for _, g in rows]
+        colors = [VERDICT_COLORS[g["verdict"]] for _, g in rows]
         for y, (_, g), color in zip(ys, rows, colors):
             ax.errorbar(g["diff"], y, xerr=[[g["diff"] - g["low"]], [g["high"] - g["diff"]]], fmt="o",
                         color=color, capsize=3)

@@ -80,9 +80,9 @@ def apply_setting(raw: dict, setting: dict) -> dict:
 
 def monitor(raw: dict) -> str:
     """Validation AUC of the served task (the first of `export.tasks`, else the first task)."""
-    if len(raw["tasks"]) == 1:
-        return "val_auc"
-    return f"val_{raw.get('export', {}).get('tasks', [raw['tasks'][0]['name']])[0]}_auc"
+    from kzoo.spec import logged_name
+
+    return "val_" + logged_name(raw, raw.get("export", {}).get("tasks", [raw["tasks"][0]["name"]])[0], "auc")
 
 
 def train_once(raw: dict, data: str, seed: int = 0) -> dict:

@@ -325,14 +325,18 @@ def task_metrics(task: dict) -> list[str]:
     return task.get("metrics", ["auc", "logloss"] if task.get("type", "binary") == "binary" else ["mae"])
 
 
+def logged_name(raw: dict, task: str, metric: str) -> str:
+    """The name Keras logs `metric` of `task` under: `auc` with one task, `<task>_auc` with several."""
+    return metric if len(raw["tasks"]) == 1 else f"{task}_{metric}"
+
+
 def logged_metrics(raw: dict) -> list[str]:
-    """The names Keras logs for this spec, as `train.early_stopping.monitor` may name them: one task
-    logs `auc`, several log `<task>_auc` and `<task>_loss`; `val_` for the validation split."""
+    """The names Keras logs for this spec, as `train.early_stopping.monitor` may name them: the
+    total `loss`, each task's metrics (and its own loss when there are several tasks); `val_` for
+    the validation split."""
     tasks = raw["tasks"]
-    if len(tasks) == 1:
-        names = ["loss"] + task_metrics(tasks[0])
-    else:
-        names = ["loss"] + [f"{t['name']}_{m}" for t in tasks for m in ["loss"] + task_metrics(t)]
+    own_loss = [] if len(tasks) == 1 else ["loss"]
+    names = ["loss"] + [logged_name(raw, t["name"], m) for t in tasks for m in own_loss + task_metrics(t)]
     return names + [f"val_{n}" for n in names]
 
 
