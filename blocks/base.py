@@ -56,8 +56,16 @@ class Block(keras.layers.Layer):
     the feature descriptions from the graph builder as their `features` argument.
     `loss_only` marks blocks that return their last input unchanged and only add a loss
     (distillation); the serving graph leaves them out.
+    `holds_tables` marks blocks whose weights are embedding tables: `train.embedding_l2` is
+    their default `l2`, and `table_variables()` lists the variables `train.embedding_optimizer`
+    updates.
     """
 
     arity: tuple[int, int | None] = (1, 1)
     feature_block: bool = False
     loss_only: bool = False  # adds a training loss; skipped (student input passed on) when exported
+    holds_tables: bool = False
+
+    def table_variables(self) -> list:
+        """This block's own embedding-table variables (sublayers list theirs)."""
+        return []

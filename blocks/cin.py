@@ -5,8 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from blocks.base import Block, check_positive_int
-from blocks.registry import register_block
+from kzoo.blocks.base import Block, check_positive_int
+from kzoo.blocks.registry import register_block
 
 
 @register_block()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from blocks.base import Block, as_list, check_fraction, check_positive_int, flat_width, flatten_2d, shape_list
-from blocks.registry import register_block
+from kzoo.blocks.backend import gather_rows
+from kzoo.blocks.base import Block, as_list, check_fraction, check_positive_int, flat_width, flatten_2d, shape_list
+from kzoo.blocks.registry import register_block
 
 
 def _column(x, dtype):
@@ -38,37 +39,6 @@ def _check_features(features) -> None:
             raise ValueError(f"feature {f['name']!r}: vocab_size must be >= 1, received {f.get('vocab_size')!r}")
 
 
-def gather_rows(table, ids):
-    """`ops.take(table, ids, axis=0)` whose TensorFlow gradient has one slice per distinct row.
-
-    TensorFlow's gather gradient is an IndexedSlices with one slice per *occurrence* of a row.
-    Keras 3's TensorFlow optimizers apply element-wise ops to those slices before they are
-    summed, so Adam's second moment gets sum(g_i^2) instead of (sum g_i)^2 for a row looked up
-    several times in a batch (Adagrad and RMSprop likewise), and its first step on a frequent
-    row reaches sqrt(count) x the learning rate (measured: 6.4x on a Criteo batch; JAX, whose
-    gradients are dense, takes the correct step). Summing the slices per row first (the
-    deduplication TensorFlow's own sparse optimizers do) makes both backends run the same Adam.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return ops.take(table, ids, axis=0)
-    import tensorflow as tf
-
-    ids = tf.convert_to_tensor(ids)
-
-    @tf.custom_gradient
-    def gather(params):
-        def grad(upstream):
-            flat_ids = tf.reshape(ids, [-1])
-            rows, position = tf.unique(flat_ids)
-            values = tf.math.unsorted_segment_sum(tf.reshape(upstream, [-1, tf.shape(params)[1]]), position,
-                                                  tf.shape(rows)[0])
-            return tf.IndexedSlices(values, rows, tf.shape(params))
-
-        return tf.gather(params, ids), grad
-
-    return gather(tf.convert_to_tensor(table))
-
-
 @register_block()
 class FeatureEmbedding(Block):
     """Embeds every feature of a group into a `dim`-vector: output (batch, fields, dim).
@@ -98,6 +68,7 @@ class FeatureEmbedding(Block):
     """
 
     feature_block = True
+    holds_tables = True
 
     def __init__(self, dim: int, features: list | None = None, l2: float = 0.0,
                  initializer_scale: float = 0.05, **kwargs):
@@ -143,6 +114,9 @@ class FeatureEmbedding(Block):
                                                initializer=init) if self.numeric else None)
         self.built = True
 
+    def table_variables(self) -> list:
+        return [self.embeddings] if self.embeddings is not None else []
+
     def table_rows(self, name: str):
         """Rows of table `name` (a feature name, or a shared `embedding` name) as a tensor."""
         start = self.offsets[name]
@@ -184,6 +158,7 @@ class Linear(Block):
     """
 
     feature_block = True
+    holds_tables = True  # its weights are a dim-1 FeatureEmbedding, which lists the table
 
     def __init__(self, features: list | None = None, l2: float = 0.0, **kwargs):
         super().__init__(**kwargs)

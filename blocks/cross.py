@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from keras import ops
 
-from blocks.base import Block, check_positive_int, flat_width, flatten_2d
-from blocks.registry import register_block
+from kzoo.blocks.base import Block, check_positive_int, flat_width, flatten_2d
+from kzoo.blocks.registry import register_block
 
 
 @register_block()

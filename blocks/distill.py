@@ -11,8 +11,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from blocks.base import Block, flat_width, flatten_2d
-from blocks.registry import register_block
+from kzoo.blocks.base import Block, flat_width, flatten_2d
+from kzoo.blocks.registry import register_block
 
 
 class LossOnlyBlock(Block):

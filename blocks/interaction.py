@@ -5,8 +5,8 @@ from __future__ import annotations
 import keras_rs
 from keras import ops
 
-from blocks.base import Block, as_list, check_positive_int, flat_width, flatten_2d, shape_list
-from blocks.registry import register_block
+from kzoo.blocks.base import Block, as_list, check_positive_int, flat_width, flatten_2d, shape_list
+from kzoo.blocks.registry import register_block
 
 
 @register_block()

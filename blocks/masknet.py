@@ -5,8 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from blocks.base import Block, as_list, check_fraction, check_positive_int, flat_width, flatten_2d, shape_list
-from blocks.registry import register_block
+from kzoo.blocks.base import Block, as_list, check_fraction, check_positive_int, flat_width, flatten_2d, shape_list
+from kzoo.blocks.registry import register_block
 
 # PyTorch's LayerNorm default, as in the reference implementations.
 LN_EPSILON = 1e-5

@@ -56,3 +56,40 @@ def constructor_args(cls) -> set[str]:
 def summary(cls) -> str:
     doc = (cls.__doc__ or "").strip().splitlines()
     return doc[0] if doc else ""
+
+
+def arguments(cls) -> list[dict]:
+    """A block's spec arguments: [{"name", "type" (annotation text), "default" or absent if required}].
+
+    `features`, which the graph builder fills in for feature blocks, is left out.
+    """
+    out = []
+    for name, p in inspect.signature(cls.__init__).parameters.items():
+        if name in ("self", "features") or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        arg = {"name": name, "type": p.annotation if isinstance(p.annotation, str) else
+               getattr(p.annotation, "__name__", "") if p.annotation is not p.empty else ""}
+        if p.default is not p.empty:
+            arg["default"] = p.default
+        out.append(arg)
+    return out
+
+
+def describe(cls) -> str:
+    """`kzoo list TYPE`: the docstring's summary, inputs, each argument with type and default, the docstring."""
+    first = summary(cls)
+    lines = [first if first.startswith(cls.__name__) else f"{cls.__name__}: {first}"]
+    if cls.feature_block:
+        lines.append("inputs: one feature group ('group:NAME')")
+    else:
+        lo, hi = cls.arity
+        lines.append("inputs: " + (f"{lo}" if lo == hi else f"{lo} or more" if hi is None else f"{lo} to {hi}")
+                     + " block output(s)")
+    lines.append("args:")
+    for arg in arguments(cls):
+        default = f" = {arg['default']!r}" if "default" in arg else "  (required)"
+        lines.append(f"  {arg['name']}: {arg['type'] or 'any'}{default}")
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    if doc:
+        lines += ["", doc]
+    return "\n".join(lines)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from blocks.base import Block, check_fraction, check_positive_int
-from blocks.registry import register_block
+from kzoo.blocks.base import Block, check_fraction, check_positive_int
+from kzoo.blocks.registry import register_block
 
 # PyTorch's LayerNorm default, as in the reference implementation.
 LN_EPSILON = 1e-5

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _quiet_tf():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def cmd_validate(args) -> int:
@@ -40,25 +33,56 @@ def cmd_schema(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from blocks.registry import block_types, summary
+    from kzoo import zoo_configs
+    from kzoo.blocks.registry import block_types, describe, summary
 
-    import blocks  # noqa: F401
+    if args.name:
+        types = block_types()
+        if args.name in types:
+            print(describe(types[args.name]))
+            return 0
+        path = zoo_configs.path(args.name)
+        if path is not None:
+            print(path.read_text())
+            return 0
+        from kzoo.spec import did_you_mean
 
+        print(f"kzoo: error: {args.name!r} is neither a block type nor a zoo model"
+              f"{did_you_mean(args.name, list(types) + zoo_configs.names())}; `kzoo list` shows both",
+              file=sys.stderr)
+        return 2
     print("blocks:")
     for name, cls in block_types().items():
         print(f"  {name:<18} {summary(cls)}")
     print("zoo models:")
-    for path in sorted((REPO / "zoo_configs").glob("*.json")):
-        desc = json.loads(path.read_text()).get("description", "")
-        print(f"  {path.stem:<18} {desc}")
+    for name in zoo_configs.names():
+        desc = json.loads(zoo_configs.path(name).read_text()).get("description", "")
+        print(f"  {name:<18} {desc}")
     return 0
+
+
+def resolve_spec(text: str):
+    """A spec argument: a file, or the name of a zoo model (`kzoo train dcn_v2`)."""
+    from kzoo import zoo_configs
+
+    if Path(text).is_file() or text.endswith(".json") or text.lstrip().startswith("{"):
+        return text
+    path = zoo_configs.path(text)
+    if path is None:
+        from kzoo.spec import SpecError, did_you_mean
+
+        raise SpecError([("(file)", f"{text!r} is neither a spec file nor a zoo model"
+                                    f"{did_you_mean(text, zoo_configs.names())}; `kzoo list` shows the zoo")], text)
+    return str(path)
 
 
 def cmd_train(args) -> int:
     from kzoo.trainer import train
 
-    out = Path(args.out or Path("runs") / Path(args.spec).stem)
-    metrics = train(args.spec, args.data, out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
+    spec = resolve_spec(args.spec)
+    out = Path(args.out or Path("runs") / Path(spec).stem)
+    metrics = train(spec, args.data, out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                    overwrite=args.overwrite)
     _print_metrics(metrics)
     print(f"run: {out}  (model.keras, metrics.json, history.csv, curves.png)")
     if args.export:
@@ -78,7 +102,7 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from kzoo.trainer import evaluate
+    from kzoo.evaluate import evaluate
 
     metrics = evaluate(args.run, args.data)
     _print_metrics(metrics)
@@ -100,8 +124,9 @@ def cmd_export(args) -> int:
 def cmd_predict(args) -> int:
     from kzoo.predict import predict
 
-    frame = predict(args.target, args.data)
-    if args.output and args.output.endswith(".json"):
+    keep = [k.strip() for k in args.keep.split(",") if k.strip()] if args.keep else None
+    frame = predict(args.target, args.data, keep=keep)
+    if args.output and args.output.endswith((".json", ".jsonl")):
         frame.to_json(args.output, orient="records", lines=True)
     elif args.output:
         frame.to_csv(args.output, index=False)
@@ -124,17 +149,19 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("schema", help="print the spec JSON Schema (for editor completion)")
     s.set_defaults(fn=cmd_schema)
 
-    s = sub.add_parser("list", help="blocks and zoo models, one line each")
+    s = sub.add_parser("list", help="blocks and zoo models, one line each; `kzoo list NAME` shows one")
+    s.add_argument("name", nargs="?", help="a block type (its arguments, types and defaults) or a zoo model (its spec)")
     s.set_defaults(fn=cmd_list)
 
     s = sub.add_parser("train", help="train a spec and evaluate it on the held-out split")
-    s.add_argument("spec")
+    s.add_argument("spec", help="a spec file, or the name of a zoo model (kzoo list)")
     s.add_argument("--data", default="synthetic",
                    help="synthetic[:ROWS] (default), criteo:PATH, avazu:PATH, or a CSV/TSV/Parquet file")
     s.add_argument("--epochs", type=int)
     s.add_argument("--batch-size", type=int)
     s.add_argument("--seed", type=int)
     s.add_argument("--out", help="run dir (default runs/<spec name>); re-running resumes an interrupted run")
+    s.add_argument("--overwrite", action="store_true", help="train again into a run dir that holds a finished run")
     s.add_argument("--export", metavar="BASE", help="also export the trained model under BASE/<next version>")
     s.set_defaults(fn=cmd_train)
 
@@ -150,25 +177,30 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("predict", help="predictions of a run or an export, as CSV (or JSON lines)")
-    s.add_argument("target", help="a run dir or a SavedModel version dir")
-    s.add_argument("--data", required=True)
-    s.add_argument("--output", help="file to write (.csv or .json); default stdout")
+    s.add_argument("target", help="a run dir, an export version dir (BASE/V) or an export base (its latest version)")
+    s.add_argument("--data", required=True, help="rows to score; the label column is not needed")
+    s.add_argument("--keep", metavar="COLS", help="comma-separated columns of the data to copy into the output "
+                   "(e.g. user_id,ad_id)")
+    s.add_argument("--output", help="file to write (.csv, or .json/.jsonl for JSON lines); default CSV on stdout")
     s.set_defaults(fn=cmd_predict)
     return p
 
 
 def main(argv=None) -> int:
-    _quiet_tf()
     args = parser().parse_args(argv)
-    from kzoo.data import DataError
-    from kzoo.spec import SpecError
+    from kzoo.errors import DataError, SpecError
+
+    if args.command in ("train", "evaluate", "export", "predict"):
+        from kzoo import _quiet
+
+        _quiet.import_tensorflow()  # the data pipeline uses tf.data on every backend
 
     try:
         return args.fn(args)
     except SpecError as e:
         print(str(e), file=sys.stderr)
         return 2
-    except (DataError, FileNotFoundError, FileExistsError) as e:
+    except (DataError, FileNotFoundError, FileExistsError) as e:  # RunExistsError is a FileExistsError
         print(f"kzoo: error: {e}", file=sys.stderr)
         return 2
 

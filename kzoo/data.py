@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kzoo.columns import to_float, to_text  # noqa: F401  (re-exported)
+from kzoo.errors import DataError
 from kzoo.synthetic import (  # noqa: F401  (re-exported: kdata.synthetic is the embedded default)
     CRITEO_CATEGORICAL, CRITEO_NUMERIC, SYNTHETIC_FIRST_ORDER, SYNTHETIC_NUMERIC_CROSS, SYNTHETIC_PAIRS, synthetic)
 
@@ -28,15 +30,10 @@ CRITEO_COLUMNS = ["label", *CRITEO_NUMERIC, *CRITEO_CATEGORICAL]
 LOADERS = ("synthetic", "criteo", "avazu")
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
 
-# Only these spellings mean "missing" in a numeric column. Categorical text is kept as written:
-# "NA" or "null" can be real category values (Namibia), so a table's only missing marker is "".
-_NUMERIC_NA = frozenset({"", "na", "nan", "n/a", "null", "none"})
 _COMPRESSION = (".gz", ".bz2", ".zip", ".xz", ".zst")
 _LOADER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]+")
 
 
-class DataError(ValueError):
-    """The data does not match what was asked of it; the message names the column, row or path."""
 
 
 def data_dir() -> Path:
@@ -270,48 +267,6 @@ def _check_columns(df: pd.DataFrame, dataset: dict, expected: list[str]) -> None
     elif {"hour_of_day", "day_of_week"} & set(missing) and "hour" in present:
         message += ". hour_of_day and day_of_week are derived from 'hour' by the avazu:PATH loader"
     raise DataError(message)
-
-
-def to_float(column: pd.Series, name: str, missing_ok: bool) -> np.ndarray:
-    if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
-        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
-        text = None
-    else:
-        raw = column.astype(object)
-        text = raw.map(lambda v: v.strip() if isinstance(v, str) else v)
-        is_na = text.isna() | text.map(lambda v: isinstance(v, str) and v.lower() in _NUMERIC_NA)
-        values = pd.to_numeric(text.where(~is_na, np.nan), errors="coerce").to_numpy(dtype=np.float64)
-        bad = np.flatnonzero(np.isnan(values) & ~is_na.to_numpy())
-        if len(bad):
-            raise DataError(f"column {name!r}, row {bad[0] + 1}: {raw.iloc[bad[0]]!r} is not a number")
-    if not missing_ok:
-        gone = np.flatnonzero(np.isnan(values))
-        if len(gone):
-            raise DataError(f"column {name!r}, row {gone[0] + 1}: the label is missing "
-                            f"({len(gone)} row{'s' if len(gone) > 1 else ''} in all)")
-    return values.astype(np.float32)
-
-
-def to_text(column: pd.Series) -> np.ndarray:
-    if pd.api.types.is_string_dtype(column) and not pd.api.types.is_object_dtype(column):
-        return column.astype(object).where(column.notna(), "").to_numpy(dtype=object)
-    return np.array([_category(v) for v in column.astype(object)], dtype=object)
-
-
-def _category(value) -> str:
-    if isinstance(value, str):
-        return str(value)
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA or value is pd.NaT:
-        return ""
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
 
 
 def _looks_like_value(name: str) -> bool:

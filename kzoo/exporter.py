@@ -21,7 +21,7 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 
 
 def next_version(base: Path) -> int:
-    from serving.client import version_dirs  # one rule for what counts as a version, as TF Serving's
+    from kzoo.serving.client import version_dirs  # one rule for what counts as a version, as TF Serving's
 
     return max((int(p.name) for p in version_dirs(base)), default=0) + 1
 
@@ -38,7 +38,7 @@ def export(run, base, version: int | None = None) -> Path:
     if keras.backend.backend() != "tensorflow":
         # The .keras file is backend-agnostic; TensorFlow builds a plain-TF serving graph.
         env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
-        cmd = [sys.executable, "-m", "kzoo.cli", "export", str(run), "--out", str(base), "--version", str(version)]
+        cmd = [sys.executable, "-m", "kzoo.exporter", str(run), str(base), str(version)]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"export in a TensorFlow-backend process failed:\n{done.stderr[-4000:]}")
@@ -50,14 +50,14 @@ def _export_tf(run: Path, base: Path, version: int) -> Path:
     import keras
     import tensorflow as tf
 
-    from kzoo.features import Preprocessor
-    from kzoo.graph import serving_model
-    from kzoo.trainer import load_run
+    from kzoo.graph import export_tasks, serving_model
+    from kzoo.rundir import RunDir
 
-    spec, prep, model = load_run(run)
-    tasks = spec.raw.get("export", {}).get("tasks") or [t["name"] for t in spec.tasks]
+    run = RunDir(run)
+    spec, model = run.spec(), run.model()
+    tasks = export_tasks(spec)
     served, used = serving_model(spec, model, tasks)
-    pre = Preprocessor(spec.features, prep["stats"], used)
+    pre = run.preprocessor(used)
 
     archive = keras.export.ExportArchive()
     archive.track(served)
@@ -90,7 +90,7 @@ def write_warmup(export_dir: Path, pre, rows: int = 4) -> None:
     """assets.extra/tf_serving_warmup_requests: PredictRequests TF Serving replays at load time."""
     import tensorflow as tf
 
-    from serving.requests import grpc_request, placeholder_rows
+    from kzoo.serving.requests import grpc_request, placeholder_rows
 
     request = grpc_request(placeholder_rows(pre.signature(), rows), pre.signature())
     from tensorflow_serving.apis import prediction_log_pb2
@@ -100,3 +100,18 @@ def write_warmup(export_dir: Path, pre, rows: int = 4) -> None:
     with tf.io.TFRecordWriter(str(extra / WARMUP_FILE)) as writer:
         log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
         writer.write(log.SerializeToString())
+
+
+def _main(argv: list[str]) -> int:
+    """`python -m kzoo.exporter RUN BASE VERSION`: the TensorFlow-backend half of `export` for runs
+    trained on another backend (the parent process sets KERAS_BACKEND=tensorflow)."""
+    from kzoo import _quiet
+
+    _quiet.import_tensorflow()
+    run, base, version = argv
+    print(export(run, base, int(version)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from kzoo.columns import raw_column
+
 OOV = 1  # one out-of-vocabulary id (id 0) per vocabulary lookup
 
 
@@ -180,15 +182,4 @@ def feature_descriptions(spec, stats: dict | None, group: str) -> list[dict]:
 
 def raw_arrays(df: pd.DataFrame, raw: list[dict]) -> dict[str, np.ndarray]:
     """NumPy columns with the dtypes the preprocessing (and the serving signature) expects."""
-    out = {}
-    for f in raw:
-        col = df[f["name"]]
-        dtype = raw_dtype(f)
-        if dtype == "float32":
-            out[f["name"]] = col.to_numpy(dtype="float32")
-        elif dtype == "int64":
-            values = pd.to_numeric(col.replace("", np.nan), errors="coerce")
-            out[f["name"]] = values.fillna(-1).to_numpy(dtype="int64")
-        else:
-            out[f["name"]] = col.astype(str).to_numpy(dtype=object)
-    return out
+    return {f["name"]: raw_column(df[f["name"]], raw_dtype(f), f["name"]) for f in raw}

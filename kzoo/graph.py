@@ -1,117 +1,189 @@
-"""Spec -> functional keras.Model: dict inputs by feature name, dict outputs by task name.
+"""The graph: block wiring algorithms, and the one walk that turns a Spec into Keras models.
 
-Blocks are built in topological order from the registry. Errors raised while building a block
-(bad arguments, shape mismatches) are re-raised as SpecError naming that block's JSON path.
+    edges(blocks) / find_cycle / reachable / topological_order   plain graph algorithms (the
+        spec checker uses them before anything is built)
+    build(spec, stats)            the training model: dict inputs by feature, dict of task logits
+    serving_model(spec, model)    the same walk over the trained layers, without loss-only
+        blocks and without what the exported tasks do not reach, ending in each task's served
+        output (a probability, a value)
+
+Both models come from `walk`: it visits the blocks in topological order and asks a `layer`
+function for each layer by name — a new layer while building, the trained one of `model`
+when re-walking it — so the serving graph cannot drift from the trained one.
 """
 
 from __future__ import annotations
 
 import keras
 
-import blocks  # noqa: F401  (registers every block family)
-from blocks.registry import get_block
+from kzoo import blocks  # noqa: F401  (registers every block family)
+from kzoo.blocks.registry import get_block
+from kzoo.errors import SpecError
 from kzoo.features import feature_descriptions, model_dtype
-from kzoo.spec import Spec, SpecError, load_spec, topological_order
+from kzoo.tasks import tasks_of
+
+GROUP = "group:"
 
 
-def model_inputs(spec: Spec) -> dict:
+# ---------------------------------------------------------------------------------- algorithms
+
+def edges(blocks: list[dict]) -> dict[str, list[str]]:
+    """Block name -> the blocks it reads (feature groups left out)."""
+    return {b["name"]: [x for x in b.get("inputs", []) if not x.startswith(GROUP)] for b in blocks}
+
+
+def reachable(roots: list[str], graph: dict[str, list[str]]) -> set[str]:
+    """Names reachable from `roots` along `graph`'s edges, the roots included."""
+    seen, stack = set(), list(roots)
+    while stack:
+        n = stack.pop()
+        if n in seen or n not in graph:
+            continue
+        seen.add(n)
+        stack.extend(graph[n])
+    return seen
+
+
+def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """One cycle as [a, b, ..., a], or None."""
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(n):
+        state[n] = 1
+        path.append(n)
+        for m in graph.get(n, []):
+            if state.get(m) == 1:
+                return path[path.index(m):] + [m]
+            if m in graph and not state.get(m):
+                found = visit(m)
+                if found:
+                    return found
+        state[n] = 2
+        path.pop()
+        return None
+
+    for n in graph:
+        if not state.get(n):
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def topological_order(blocks: list[dict]) -> list[dict]:
+    """Blocks in dependency order (inputs first), stable w.r.t. the given order. Assumes no cycle."""
+    done, order = set(), []
+    by_name = {b["name"]: b for b in blocks}
+    graph = edges(blocks)
+
+    def visit(name):
+        if name in done:
+            return
+        for ref in graph[name]:
+            visit(ref)
+        done.add(name)
+        order.append(by_name[name])
+
+    for b in blocks:
+        visit(b["name"])
+    return order
+
+
+# ---------------------------------------------------------------------------------- the walk
+
+def model_inputs(spec) -> dict:
     by_name = {f["name"]: f for f in spec.features}
     return {n: keras.Input(shape=(1,), dtype=model_dtype(by_name[n]), name=n) for n in spec.used_features()}
 
 
-# Blocks whose weights are embedding tables: `train.embedding_l2` is their default `l2`.
-EMBEDDING_TABLE_BLOCKS = ("FeatureEmbedding", "Linear")
+def _block_args(spec, b: dict, cls) -> dict:
+    args = dict(b.get("args", {}))
+    # `train.embedding_l2` is the default `l2` of every block that holds embedding tables.
+    if cls.holds_tables and "l2" not in args and spec.train.get("embedding_l2"):
+        args["l2"] = spec.train["embedding_l2"]
+    return args
+
+
+def walk(spec, stats: dict | None = None, model: keras.Model | None = None, tasks: list[str] | None = None):
+    """One pass over the spec's graph. Returns (inputs, logits by task, served outputs by task, features read).
+
+    With `model` None, new layers are made (sized by `stats`); otherwise `model`'s trained layers
+    are reused, loss-only blocks are skipped (their student input is passed on) and only the
+    blocks `tasks` reach are visited.
+    """
+    serving = model is not None
+    wanted = [t for t in tasks_of(spec) if tasks is None or t.name in tasks]
+    by_name = {b["name"]: b for b in spec.blocks}
+    index = {b["name"]: i for i, b in enumerate(spec.blocks)}
+    graph = edges(spec.blocks)
+    if serving:  # a loss-only block reads only its last (student) input once exported
+        graph = {n: (refs[-1:] if get_block(by_name[n]["type"]).loss_only else refs) for n, refs in graph.items()}
+    visit = reachable([t.input for t in wanted], graph)
+
+    def layer(name, make):
+        return model.get_layer(name) if serving else make()
+
+    inputs = model_inputs(spec)
+    tensors: dict[str, object] = {}
+    read: set[str] = set()
+    for b in topological_order(spec.blocks):
+        name = b["name"]
+        if name not in visit:
+            continue
+        cls = get_block(b["type"])
+        refs = b.get("inputs", [])
+        if serving and cls.loss_only:
+            tensors[name] = tensors[refs[-1]]
+            continue
+        try:
+            if cls.feature_block:
+                group = refs[0][len(GROUP):]
+                read.update(spec.groups[group])
+                x = {n: inputs[n] for n in spec.groups[group]}
+                make = lambda: cls(features=feature_descriptions(spec, stats, group), name=name,  # noqa: E731
+                                   **_block_args(spec, b, cls))
+            else:
+                xs = [tensors[r] for r in refs]
+                x = xs[0] if len(xs) == 1 else xs
+                make = lambda: cls(name=name, **_block_args(spec, b, cls))  # noqa: E731
+            tensors[name] = layer(name, make)(x)
+        except (ValueError, TypeError) as e:
+            raise SpecError([(f"blocks[{index[name]}]", f"{b['type']} '{name}': {e}")], spec.source) from None
+    logits = {t.name: t.head(tensors[t.input], layer) for t in wanted}
+    served: dict = {}
+    for t in wanted:
+        served[t.name] = t.serve(logits[t.name], served)
+    used = [n for n in spec.used_features() if n in read]
+    return {n: inputs[n] for n in used}, logits, served, used
 
 
 def build(spec, stats: dict | None = None) -> keras.Model:
-    """A plain keras.Model for `spec`; compile and fit it yourself, or use `kzoo.train`.
+    """The training model of a checked Spec: preprocessed inputs by feature, task logits out.
 
-    `stats` (from `kzoo.features.fit_stats`) sizes the vocabularies; without it the graph is
-    built with placeholder sizes, which is enough to check shapes.
+    `stats` (kzoo.features.fit_stats) sizes the vocabularies; without it the graph is built with
+    placeholder sizes, which is enough to check shapes.
     """
-    spec = load_spec(spec)
-    inputs = model_inputs(spec)
-    index = {b["name"]: i for i, b in enumerate(spec.blocks)}
-    tensors: dict[str, object] = {}
-    for b in topological_order(spec):
-        i = index[b["name"]]
-        cls = get_block(b["type"])
-        args = dict(b.get("args", {}))
-        if b["type"] in EMBEDDING_TABLE_BLOCKS and "l2" not in args and spec.train.get("embedding_l2"):
-            args["l2"] = spec.train["embedding_l2"]
-        refs = b.get("inputs", [])
-        try:
-            if cls.feature_block:
-                group = refs[0][6:]
-                layer = cls(features=feature_descriptions(spec, stats, group), name=b["name"], **args)
-                x = {n: inputs[n] for n in spec.groups[group]}
-            else:
-                layer = cls(name=b["name"], **args)
-                xs = [tensors[r] for r in refs]
-                x = xs[0] if len(xs) == 1 else xs
-            tensors[b["name"]] = layer(x)
-        except (ValueError, TypeError) as e:
-            raise SpecError([(f"blocks[{i}]", f"{b['type']} '{b['name']}': {e}")], spec.source) from None
-    outputs = {}
-    for t in spec.tasks:
-        x = tensors[t["input"]]
-        if len(x.shape) > 2:
-            x = keras.layers.Flatten(name=f"task_{t['name']}_flatten")(x)
-        # A block of width 1 already is the task's logit (wide + deep sums, distilled logits);
-        # anything wider gets a Dense(1) head.
-        logit = x if x.shape[-1] == 1 else keras.layers.Dense(1, name=f"task_{t['name']}_logit")(x)
-        activation = "sigmoid" if t.get("type", "binary") == "binary" else "linear"
-        outputs[t["name"]] = keras.layers.Activation(activation, dtype="float32", name=f"task_{t['name']}")(logit)
+    inputs, logits, _, _ = walk(spec, stats)
     try:
-        return keras.Model(inputs, outputs, name=spec.name)
+        return keras.Model(inputs, logits, name=spec.name)
     except ValueError as e:
         raise SpecError([("blocks", f"the graph does not form a model: {e}")], spec.source) from None
 
 
-def check_build(spec: Spec) -> None:
+def check_build(spec) -> None:
     """Shape-check a spec by building it symbolically (no data, placeholder vocab sizes)."""
     build(spec, stats=None)
 
 
-def serving_model(spec: Spec, model: keras.Model, tasks: list[str]) -> tuple[keras.Model, list[str]]:
-    """The inference graph of `tasks`, reusing the trained layers of `model`.
+def serving_model(spec, model: keras.Model, tasks: list[str] | None = None) -> tuple[keras.Model, list[str]]:
+    """The inference graph of `tasks` (default: the spec's `export.tasks`, else all) over the
+    trained layers of `model`: served outputs (probabilities, values) by task. Returns the model
+    and the features it reads."""
+    tasks = tasks or export_tasks(spec)
+    inputs, _, served, used = walk(spec, model=model, tasks=tasks)
+    return keras.Model(inputs, served, name=f"{spec.name}_serving"), used
 
-    Loss-only blocks (distillation) are left out, passing their student input on, and only
-    blocks the exported tasks reach are kept: a Rocket Launching light net is exported
-    without its booster. Returns the model and the features it reads.
-    """
-    by_name = {b["name"]: b for b in spec.blocks}
-    inputs = model_inputs(spec)
-    tensors: dict[str, object] = {}
-    read: set[str] = set()
 
-    def tensor(name):
-        if name in tensors:
-            return tensors[name]
-        b = by_name[name]
-        cls = get_block(b["type"])
-        refs = b.get("inputs", [])
-        if cls.loss_only:
-            out = tensor(refs[-1])
-        elif cls.feature_block:
-            group = spec.groups[refs[0][6:]]
-            read.update(group)
-            out = model.get_layer(name)({n: inputs[n] for n in group})
-        else:
-            xs = [tensor(r) for r in refs]
-            out = model.get_layer(name)(xs[0] if len(xs) == 1 else xs)
-        tensors[name] = out
-        return out
-
-    outputs = {}
-    for t in spec.tasks:
-        if t["name"] not in tasks:
-            continue
-        x = tensor(t["input"])
-        if len(x.shape) > 2:
-            x = model.get_layer(f"task_{t['name']}_flatten")(x)
-        if x.shape[-1] != 1:
-            x = model.get_layer(f"task_{t['name']}_logit")(x)
-        outputs[t["name"]] = model.get_layer(f"task_{t['name']}")(x)
-    used = [n for n in spec.used_features() if n in read]
-    return keras.Model({n: inputs[n] for n in used}, outputs, name=f"{spec.name}_serving"), used
+def export_tasks(spec) -> list[str]:
+    return spec.raw.get("export", {}).get("tasks") or [t["name"] for t in spec.tasks]

@@ -1,7 +1,10 @@
-"""Task losses. One base class holds the clipping and reduction; each loss is one hook.
+"""Task losses: one table, `LOSSES`, from a spec's `loss` entry to a Keras loss on logits.
 
-All take probabilities (the task heads end in a sigmoid) and are registered for Keras
-serialization, so a `.keras` file with its compile config reloads anywhere.
+Task heads produce logits (kzoo.tasks) and every loss here takes them (`from_logits`): the
+sigmoid lives inside the loss, where log-sigmoid is computed stably, instead of a clipped
+log of a probability. Keras' own losses are used where they exist (BCE, focal, MSE, MAE,
+Huber); the two kzoo adds are registered for Keras serialization, so a `.keras` file with its
+compile config reloads anywhere.
 """
 
 from __future__ import annotations
@@ -9,24 +12,27 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-EPS = 1e-7
 
-
-class ProbabilityLoss(keras.losses.Loss):
-    """Base: clips p to [eps, 1-eps]; subclasses implement `per_example(y, p)` (or `call`)."""
+class LogitLoss(keras.losses.Loss):
+    """Base: flattens labels and logits to float32 vectors; subclasses implement `per_example(y, z)`."""
 
     def call(self, y_true, y_pred):
         y = ops.cast(ops.reshape(y_true, (-1,)), "float32")
-        p = ops.clip(ops.cast(ops.reshape(y_pred, (-1,)), "float32"), EPS, 1 - EPS)
-        return self.per_example(y, p)
+        z = ops.cast(ops.reshape(y_pred, (-1,)), "float32")
+        return self.per_example(y, z)
 
-    def per_example(self, y, p):
+    def per_example(self, y, z):
         raise NotImplementedError
 
 
+def _bce_terms(z):
+    """(-log sigmoid(z), -log(1 - sigmoid(z))) = (softplus(-z), softplus(z)), stable for any z."""
+    return ops.softplus(-z), ops.softplus(z)
+
+
 @keras.saving.register_keras_serializable(package="kzoo")
-class WeightedBCE(ProbabilityLoss):
-    """-(w·y·log p + (1-y)·log(1-p)): positives weighted by `pos_weight` (class imbalance)."""
+class WeightedBCE(LogitLoss):
+    """-(w·y·log p + (1-y)·log(1-p)), p = sigmoid(z): positives weighted by `pos_weight`."""
 
     def __init__(self, pos_weight: float = 1.0, name="weighted_bce", **kwargs):
         super().__init__(name=name, **kwargs)
@@ -34,16 +40,17 @@ class WeightedBCE(ProbabilityLoss):
             raise ValueError(f"`pos_weight` must be > 0, received {pos_weight!r}")
         self.pos_weight = float(pos_weight)
 
-    def per_example(self, y, p):
-        return -(self.pos_weight * y * ops.log(p) + (1 - y) * ops.log(1 - p))
+    def per_example(self, y, z):
+        neg_log_p, neg_log_not_p = _bce_terms(z)
+        return self.pos_weight * y * neg_log_p + (1 - y) * neg_log_not_p
 
     def get_config(self):
         return {**super().get_config(), "pos_weight": self.pos_weight}
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
-class CalibratedBCE(ProbabilityLoss):
-    """BCE + λ·(mean ŷ − mean y)² over the batch: keeps the average prediction calibrated."""
+class CalibratedBCE(LogitLoss):
+    """BCE + λ·(mean p − mean y)² over the batch, p = sigmoid(z): keeps the average prediction calibrated."""
 
     def __init__(self, lam: float = 1.0, name="calibrated_bce", **kwargs):
         super().__init__(name=name, **kwargs)
@@ -51,30 +58,43 @@ class CalibratedBCE(ProbabilityLoss):
             raise ValueError(f"`lambda` must be >= 0, received {lam!r}")
         self.lam = float(lam)
 
-    def per_example(self, y, p):
-        bce = -(y * ops.log(p) + (1 - y) * ops.log(1 - p))
-        return bce + self.lam * ops.square(ops.mean(p) - ops.mean(y))
+    def per_example(self, y, z):
+        neg_log_p, neg_log_not_p = _bce_terms(z)
+        bce = y * neg_log_p + (1 - y) * neg_log_not_p
+        return bce + self.lam * ops.square(ops.mean(ops.sigmoid(z)) - ops.mean(y))
 
     def get_config(self):
         return {**super().get_config(), "lam": self.lam}
 
 
-def make_loss(spec_loss):
-    """A Keras loss for a task's `loss` entry (a name or {"type": ..., params})."""
-    spec_loss = spec_loss or "bce"
-    cfg = {"type": spec_loss} if isinstance(spec_loss, str) else dict(spec_loss)
-    kind = cfg["type"]
-    if kind == "bce":
-        return keras.losses.BinaryCrossentropy(name="bce")
-    if kind == "weighted_bce":
-        return WeightedBCE(pos_weight=cfg.get("pos_weight", 1.0))
-    if kind == "focal":
-        alpha = cfg.get("alpha")
-        return keras.losses.BinaryFocalCrossentropy(
-            gamma=cfg.get("gamma", 2.0), alpha=alpha if alpha is not None else 0.25,
-            apply_class_balancing=alpha is not None, name="focal")
-    if kind == "calibrated_bce":
-        return CalibratedBCE(lam=cfg.get("lambda", 1.0))
-    if kind == "mse":
-        return keras.losses.MeanSquaredError(name="mse")
-    raise ValueError(f"unknown loss {kind!r}")
+def _focal(cfg):
+    alpha = cfg.get("alpha")
+    return keras.losses.BinaryFocalCrossentropy(
+        gamma=cfg.get("gamma", 2.0), alpha=alpha if alpha is not None else 0.25,
+        apply_class_balancing=alpha is not None, from_logits=True, name="focal")
+
+
+# name -> (factory(cfg) -> keras loss on logits, the spec keys it reads besides "type")
+LOSSES = {
+    "bce": (lambda cfg: keras.losses.BinaryCrossentropy(from_logits=True, name="bce"), ()),
+    "weighted_bce": (lambda cfg: WeightedBCE(pos_weight=cfg.get("pos_weight", 1.0)), ("pos_weight",)),
+    "focal": (_focal, ("alpha", "gamma")),
+    "calibrated_bce": (lambda cfg: CalibratedBCE(lam=cfg.get("lambda", 1.0)), ("lambda",)),
+    "mse": (lambda cfg: keras.losses.MeanSquaredError(name="mse"), ()),
+    "mae": (lambda cfg: keras.losses.MeanAbsoluteError(name="mae"), ()),
+    "huber": (lambda cfg: keras.losses.Huber(delta=cfg.get("delta", 1.0), name="huber"), ("delta",)),
+}
+
+
+def loss_config(spec_loss, default: str) -> dict:
+    """A task's `loss` entry (a name, {"type": ..., params} or absent) as a dict with a "type"."""
+    spec_loss = spec_loss or default
+    return {"type": spec_loss} if isinstance(spec_loss, str) else dict(spec_loss)
+
+
+def make_loss(spec_loss, default: str = "bce") -> keras.losses.Loss:
+    """The Keras loss (on logits) for a task's `loss` entry."""
+    cfg = loss_config(spec_loss, default)
+    if cfg["type"] not in LOSSES:
+        raise ValueError(f"unknown loss {cfg['type']!r}; known: {sorted(LOSSES)}")
+    return LOSSES[cfg["type"]][0](cfg)

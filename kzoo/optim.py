@@ -109,11 +109,9 @@ class SplitOptimizer(keras.optimizers.Optimizer):
 
 
 def embedding_variable_paths(model: keras.Model) -> list[str]:
-    """Paths of the embedding tables of every feature block in `model`."""
-    from blocks.core import FeatureEmbedding
-
-    return [layer.embeddings.path for layer in model._flatten_layers()
-            if isinstance(layer, FeatureEmbedding) and layer.embeddings is not None]
+    """Paths of the embedding tables of every block in `model` that holds tables."""
+    return [v.path for layer in model._flatten_layers() if getattr(layer, "holds_tables", False)
+            for v in layer.table_variables()]
 
 
 def make_model_optimizer(model: keras.Model, train_cfg: dict) -> keras.optimizers.Optimizer:

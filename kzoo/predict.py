@@ -1,4 +1,12 @@
-"""Predictions from a run dir (Keras model + preprocessing) or a SavedModel export."""
+"""Predictions from a run dir (Keras model + preprocessing) or a SavedModel export.
+
+    predict(target, data, keep=None)   target: a run dir, an export version dir (BASE/V) or an
+                                       export base (BASE: its latest version, as TF Serving picks)
+    predict_frame(model, spec, pre, frame)   served outputs of a trained model on a conformed frame
+
+Data without the label column(s) predicts fine; `keep` passes key columns of the raw data
+(e.g. user_id, ad_id) through to the output, first.
+"""
 
 from __future__ import annotations
 
@@ -8,33 +16,92 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kzoo.errors import DataError
 
-def predict(target, data) -> pd.DataFrame:
+
+def predict_frame(model, spec, pre, frame, batch_size: int = 4096, tasks: list[str] | None = None,
+                  serving=None) -> dict[str, np.ndarray]:
+    """{task: served output} (probabilities, values) of a trained model on a conformed frame.
+
+    Goes through the serving graph (kzoo.graph.serving_model), the one the export serves.
+    `tasks` defaults to every task of the spec; `serving` reuses a serving model already made.
+    """
+    from kzoo.graph import serving_model
+    from kzoo.pipeline import make_dataset
+
+    if serving is None:
+        serving, _ = serving_model(spec, model, tasks or [t["name"] for t in spec.tasks])
+    used = list(serving.input.keys()) if isinstance(serving.input, dict) else [serving.input.name]
+    ds = make_dataset(frame, spec, pre, batch_size, with_labels=False).map(lambda x: {n: x[n] for n in used})
+    out = serving.predict(ds, verbose=0)
+    return {k: np.asarray(v).reshape(-1) for k, v in out.items()}
+
+
+def resolve_target(target) -> tuple[str, Path]:
+    """("run", dir) or ("export", version dir) for a run dir, an export version or an export base."""
     target = Path(target)
     if (target / "saved_model.pb").is_file():
-        return predict_saved_model(target, data)
-    from kzoo.features import Preprocessor
-    from kzoo.trainer import load_run, predict_frame, prepare_data
+        return "export", target
+    if (target / "model.keras").is_file() or (target / "spec.json").is_file():
+        return "run", target
+    from kzoo.serving.client import version_dirs
 
-    spec, prep, model = load_run(target)
-    spec, frame = prepare_data(spec, data)
-    pre = Preprocessor(spec.features, prep["stats"], prep["used"])
-    return pd.DataFrame(predict_frame(model, spec, pre, frame))
+    if version_dirs(target):
+        from kzoo.serving.client import latest_version_dir
+
+        return "export", latest_version_dir(target)
+    raise FileNotFoundError(f"{target} is neither a run dir (model.keras), an export version "
+                            "(saved_model.pb) nor an export base holding numeric version folders")
 
 
-def predict_saved_model(path, data, batch_size: int = 4096) -> pd.DataFrame:
-    """Call the export's serving_default with the data's raw columns, like a TF Serving client."""
+def predict(target, data, keep: list[str] | None = None) -> pd.DataFrame:
+    """Predictions of a run or an export on `data` (labels not needed); `keep` columns first."""
+    kind, path = resolve_target(target)
+    if kind == "export":
+        raw, frame = predict_saved_model(path, data)
+    else:
+        from kzoo import data as kdata
+        from kzoo.pipeline import on_dataset
+        from kzoo.rundir import RunDir
+
+        run = RunDir(path)
+        raw, dataset = kdata.load(data)
+        spec = on_dataset(run.spec(), dataset)
+        frame = kdata.conform(raw, spec.dataset, require_label=False)
+        frame = pd.DataFrame(predict_frame(run.model(), spec, run.preprocessor(), frame))
+    return _with_keys(raw, frame, keep or [])
+
+
+def _with_keys(raw: pd.DataFrame, predictions: pd.DataFrame, keep: list[str]) -> pd.DataFrame:
+    missing = [k for k in keep if k not in raw.columns]
+    if missing:
+        import difflib
+
+        hints = [f"{k!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(k, map(str, raw.columns),
+                                                                                              n=1)) else "")
+                 for k in missing]
+        raise DataError(f"--keep: column{'s' if len(missing) > 1 else ''} {', '.join(hints)} not in the data")
+    keys = raw[keep].reset_index(drop=True)
+    clash = [k for k in keep if k in predictions.columns]
+    if clash:
+        raise DataError(f"--keep: {clash} would overwrite the prediction column(s) of the same name")
+    return pd.concat([keys, predictions.reset_index(drop=True)], axis=1)
+
+
+def predict_saved_model(path, data, batch_size: int = 4096) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Call the export's serving_default with the data's raw columns, like a TF Serving client.
+    Returns (raw frame, predictions)."""
     import tensorflow as tf
 
     from kzoo import data as kdata
-    from serving.requests import columns
+    from kzoo.serving.requests import columns
 
     loaded = tf.saved_model.load(str(path))
     fn = loaded.signatures["serving_default"]
     signature = fn.structured_input_signature[1]
     meta = json.loads((Path(path) / "assets.extra" / "kzoo.json").read_text())
-    frame, dataset = kdata.load(data)
-    frame = kdata.conform(frame, kdata.bundled_dataset(dataset) if dataset else meta["dataset"])
+    raw, dataset = kdata.load(data)
+    frame = kdata.conform(raw, kdata.bundled_dataset(dataset) if dataset else meta["dataset"], require_label=False)
     cols = columns(frame, signature)
     outs: dict[str, list] = {}
     n = len(frame)
@@ -42,4 +109,4 @@ def predict_saved_model(path, data, batch_size: int = 4096) -> pd.DataFrame:
         batch = {k: tf.constant(v[start:start + batch_size]) for k, v in cols.items()}
         for k, v in fn(**batch).items():
             outs.setdefault(k, []).append(v.numpy())
-    return pd.DataFrame({k: np.concatenate(v) for k, v in outs.items()})
+    return raw, pd.DataFrame({k: np.concatenate(v) for k, v in outs.items()})

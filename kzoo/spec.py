@@ -17,20 +17,11 @@ from pathlib import Path
 
 import jsonschema
 
+from kzoo.errors import SpecError
+from kzoo.graph import edges as block_edges, find_cycle, reachable
+from kzoo.tasks import task_class, task_types
+
 DATASETS_DIR = Path(__file__).parent / "datasets"
-
-
-class SpecError(ValueError):
-    """One or more problems in a spec, each `(json_path, message)`."""
-
-    def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
-        self.problems = problems
-        self.source = source
-        super().__init__(str(self))
-
-    def __str__(self):
-        prefix = f"{self.source}: " if self.source else ""
-        return "\n".join(f"{prefix}{path}: {msg}" for path, msg in self.problems)
 
 
 def schema() -> dict:
@@ -237,7 +228,7 @@ def check(raw: dict, source: str | None = None) -> Spec:
                                         f"{did_you_mean(patterns[i], seen)}; use a name, a glob like 'C*', or type:numeric/type:categorical/type:cross")
         groups[gname] = names
 
-    from blocks.registry import _REGISTRY, constructor_args, unknown_type_message
+    from kzoo.blocks.registry import _REGISTRY, constructor_args, unknown_type_message
 
     block_names: dict[str, int] = {}
     for i, b in enumerate(raw["blocks"]):
@@ -247,13 +238,11 @@ def check(raw: dict, source: str | None = None) -> Spec:
             add(f"blocks[{i}].name", f"block name '{b['name']}' is also a group name; rename one")
         block_names.setdefault(b["name"], i)
 
-    edges: dict[str, list[str]] = {}
     for i, b in enumerate(raw["blocks"]):
         cls = _REGISTRY.get(b["type"])
         if cls is None:
             add(f"blocks[{i}].type", unknown_type_message(b["type"]))
         inputs = b.get("inputs", [])
-        edges[b["name"]] = [x for x in inputs if not x.startswith("group:")]
         for j, ref in enumerate(inputs):
             if ref.startswith("group:"):
                 g = ref[6:]
@@ -284,8 +273,10 @@ def check(raw: dict, source: str | None = None) -> Spec:
                 add(f"blocks[{i}].args.{arg}", f"{b['type']} has no argument '{arg}'{did_you_mean(arg, allowed)}; "
                                                f"it takes {sorted(allowed)}")
 
+    edges = block_edges(raw["blocks"])
     task_names: dict[str, int] = {}
     for i, t in enumerate(raw["tasks"]):
+        problems.extend(task_class(t.get("type", "binary")).problems(t, f"tasks[{i}]"))
         if t["name"] in task_names:
             add(f"tasks[{i}].name", f"duplicate task name '{t['name']}'")
         task_names[t["name"]] = i
@@ -301,11 +292,11 @@ def check(raw: dict, source: str | None = None) -> Spec:
         add("train.early_stopping.monitor", f"'{monitor}' is not a metric this spec logs"
                                             f"{did_you_mean(monitor, logged)}; it logs {logged}")
 
-    cycle = _find_cycle(edges)
+    cycle = find_cycle(edges)
     if cycle:
         add(f"blocks[{block_names[cycle[0]]}].inputs", f"cycle: {' -> '.join(cycle)}")
     elif not problems:
-        used = _reachable([t["input"] for t in raw["tasks"]], edges)
+        used = reachable([t["input"] for t in raw["tasks"]], edges)
         for i, b in enumerate(raw["blocks"]):
             if b["name"] not in used:
                 add(f"blocks[{i}]", f"block '{b['name']}' is not used by any task or block; remove it or wire it in")
@@ -315,14 +306,14 @@ def check(raw: dict, source: str | None = None) -> Spec:
                 add(f"groups.{g}", f"group '{g}' is read by no block")
     if problems:
         raise SpecError(problems, source)
-    read = {x[6:] for b in raw["blocks"] if b["name"] in _reachable([t["input"] for t in raw["tasks"]], edges)
+    read = {x[6:] for b in raw["blocks"] if b["name"] in reachable([t["input"] for t in raw["tasks"]], edges)
             for x in b.get("inputs", []) if x.startswith("group:")}
     return Spec(raw=raw, source=source, groups={g: groups[g] for g in groups if g in read})
 
 
 def task_metrics(task: dict) -> list[str]:
-    """The metrics a task reports: its `metrics`, else AUC and logloss (binary) or MAE."""
-    return task.get("metrics", ["auc", "logloss"] if task.get("type", "binary") == "binary" else ["mae"])
+    """The metrics a task logs during fit: its `metrics`, else its type's defaults (kzoo.tasks)."""
+    return task_class(task.get("type", "binary")).metric_names_of(task)
 
 
 def logged_name(raw: dict, task: str, metric: str) -> str:
@@ -338,59 +329,3 @@ def logged_metrics(raw: dict) -> list[str]:
     own_loss = [] if len(tasks) == 1 else ["loss"]
     names = ["loss"] + [logged_name(raw, t["name"], m) for t in tasks for m in own_loss + task_metrics(t)]
     return names + [f"val_{n}" for n in names]
-
-
-def _reachable(roots: list[str], edges: dict[str, list[str]]) -> set[str]:
-    seen, stack = set(), list(roots)
-    while stack:
-        n = stack.pop()
-        if n in seen or n not in edges:
-            continue
-        seen.add(n)
-        stack.extend(edges[n])
-    return seen
-
-
-def _find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
-    state: dict[str, int] = {}
-    path: list[str] = []
-
-    def visit(n):
-        state[n] = 1
-        path.append(n)
-        for m in edges.get(n, []):
-            if state.get(m) == 1:
-                return path[path.index(m):] + [m]
-            if m in edges and not state.get(m):
-                found = visit(m)
-                if found:
-                    return found
-        state[n] = 2
-        path.pop()
-        return None
-
-    for n in edges:
-        if not state.get(n):
-            found = visit(n)
-            if found:
-                return found
-    return None
-
-
-def topological_order(spec: Spec) -> list[dict]:
-    """Blocks in dependency order (inputs first), stable w.r.t. spec order."""
-    done, order = set(), []
-    by_name = {b["name"]: b for b in spec.blocks}
-
-    def visit(b):
-        if b["name"] in done:
-            return
-        for ref in b.get("inputs", []):
-            if not ref.startswith("group:"):
-                visit(by_name[ref])
-        done.add(b["name"])
-        order.append(b)
-
-    for b in spec.blocks:
-        visit(b)
-    return order

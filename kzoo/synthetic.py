@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from kzoo.errors import DataError
+
 CRITEO_NUMERIC = [f"I{i}" for i in range(1, 14)]
 CRITEO_CATEGORICAL = [f"C{i}" for i in range(1, 27)]
 
@@ -56,8 +58,6 @@ def synthetic(rows: int = 50_000, seed: int = 0, *, return_logit: bool = False):
             for oracle checks. Defaults to `False`.
     """
     if not isinstance(rows, (int, np.integer)) or rows < 1:
-        from kzoo.data import DataError
-
         raise DataError(f"synthetic rows must be a positive integer, got {rows!r}")
     rng = np.random.default_rng(seed)
     columns, z, ids = {}, {}, {}

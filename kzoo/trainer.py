@@ -1,16 +1,12 @@
-"""Training: data -> split -> statistics -> tf.data -> model.fit -> test metrics -> run dir.
+"""Training: compile a model from its spec's tasks and `train` section, and fit it into a run dir.
 
-A run dir holds everything needed to evaluate, export and serve:
-    spec.json            the spec with its dataset schema resolved inline
-    preprocessing.json   vocabularies and normalisation statistics (training split only)
-    run.json             data argument, backend, seeds, epochs
-    model.keras          the trained model (backend-agnostic)
-    metrics.json         {"<task>": {...}, "examples": N, "seconds": T}
-    history.csv          per-epoch training and validation metrics
-    steps.jsonl          running training metrics every few steps, validation at epoch ends
-    curves.png           the training curves (from steps.jsonl)
-    backup/              BackupAndRestore state while training; removed once it ends
-Running the same command again after a crash resumes from the last finished epoch.
+    compile(model, spec)                   losses, loss weights and metrics from the task objects
+                                           (kzoo.tasks), the optimizer from kzoo.optim
+    train(spec, data, out, ...)            prepare data -> build -> compile -> fit -> test metrics,
+                                           written to a run dir (kzoo.rundir); a crashed run resumes
+
+Everything else lives in its own module: data to tf.data in kzoo.pipeline, the run dir's files
+in kzoo.rundir, metrics on held-out data in kzoo.evaluate, plots in kzoo.plots.
 """
 
 from __future__ import annotations
@@ -22,64 +18,32 @@ import time
 from pathlib import Path
 
 import keras
-import numpy as np
 
-from kzoo import data as kdata
-from kzoo import metrics as kmetrics
-from kzoo.features import Preprocessor, fit_stats, raw_arrays
+from kzoo.evaluate import evaluate_frame
 from kzoo.graph import build
-from kzoo.losses import make_loss
 from kzoo.optim import make_model_optimizer
-from kzoo.spec import Spec, load_spec, task_metrics
+from kzoo.pipeline import DEFAULT_BATCH, prepare
+from kzoo.plots import plot_curves
+from kzoo.rundir import RunDir
+from kzoo.spec import Spec, load_spec
+from kzoo.tasks import tasks_of
 
-DEFAULTS = {"batch_size": 512, "epochs": 1, "seed": 0}
-
-
-def prepare_data(spec: Spec, data) -> tuple[Spec, object]:
-    """Load `data`; when it names a bundled dataset (criteo, avazu, synthetic), train the spec's graph on
-    that dataset's schema. Returns (spec, conformed DataFrame)."""
-    frame, dataset_name = kdata.load(data)
-    if dataset_name and spec.dataset.get("name") != dataset_name:
-        print(f"kzoo: data is {dataset_name}; using its bundled feature schema", file=sys.stderr)
-        spec = spec.with_dataset(kdata.bundled_dataset(dataset_name))
-    return spec, kdata.conform(frame, spec.dataset)
+DEFAULTS = {"batch_size": DEFAULT_BATCH, "epochs": 1, "seed": 0}
 
 
-def split_frames(spec: Spec, frame):
-    split = spec.train.get("split", {})
-    return kdata.split(frame, seed=split.get("seed", 0), validation=split.get("validation", 0.1),
-                       test=split.get("test", 0.1))
+def compile(model: keras.Model, spec) -> keras.Model:  # noqa: A001  (mirrors keras.Model.compile)
+    """Compile a `kzoo.build` model as its spec says: each task's loss on its logit, its weight and
+    metrics; the spec's optimizer (and `embedding_optimizer`, schedule). Returns the model."""
+    spec = load_spec(spec)
+    tasks = tasks_of(spec)
+    model.compile(optimizer=make_model_optimizer(model, spec.train),
+                  loss={t.name: t.loss() for t in tasks},
+                  loss_weights={t.name: t.weight for t in tasks},
+                  metrics={t.name: t.metrics() for t in tasks})
+    return model
 
 
-def make_dataset(frame, spec: Spec, pre: Preprocessor, batch_size: int, with_labels: bool = True):
-    """Batches of (model inputs, {task: label}); preprocessing runs in tf.data, then is cached."""
-    import tensorflow as tf
-
-    x = raw_arrays(frame, pre.raw)
-    if with_labels:
-        y = {t["name"]: frame[spec.task_label(t)].to_numpy(dtype="float32").reshape(-1, 1) for t in spec.tasks}
-        ds = tf.data.Dataset.from_tensor_slices((x, y))
-        ds = ds.batch(batch_size).map(lambda a, b: (pre(a), b), num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        ds = tf.data.Dataset.from_tensor_slices(x).batch(batch_size).map(pre, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.cache().prefetch(tf.data.AUTOTUNE)
-
-
-def compile_model(model: keras.Model, spec: Spec, steps_per_epoch: int | None = None) -> None:
-    cfg = spec.train
-    losses, weights, metrics = {}, {}, {}
-    for t in spec.tasks:
-        losses[t["name"]] = make_loss(t.get("loss"))
-        weights[t["name"]] = t.get("loss_weight", 1.0)
-        ms = []
-        for m in task_metrics(t):
-            ms.append({"auc": lambda: keras.metrics.AUC(name="auc", num_thresholds=1000),
-                       "logloss": lambda: keras.metrics.BinaryCrossentropy(name="logloss"),
-                       "mae": lambda: keras.metrics.MeanAbsoluteError(name="mae"),
-                       "mse": lambda: keras.metrics.MeanSquaredError(name="mse")}[m]())
-        metrics[t["name"]] = ms
-    model.compile(optimizer=make_model_optimizer(model, cfg),
-                  loss=losses, loss_weights=weights, metrics=metrics)
+compile_model = compile
 
 
 class StepLogger(keras.callbacks.Callback):
@@ -124,43 +88,38 @@ class _FailAfterEpoch(keras.callbacks.Callback):
 
 
 def train(spec, data="synthetic", out=None, *, epochs=None, batch_size=None, seed=None,
-          verbose="auto", fail_after_epoch: int | None = None) -> dict:
-    """Train `spec` on `data` into run dir `out`; returns metrics.json's content."""
+          verbose="auto", overwrite: bool = False, fail_after_epoch: int | None = None) -> dict:
+    """Train `spec` on `data` into run dir `out` (default runs/<spec name>); returns metrics.json's content.
+
+    Re-running on an interrupted run resumes it from its last finished epoch; on a finished run it
+    raises RunExistsError unless `overwrite`.
+    """
     spec = load_spec(spec)
     cfg = {**DEFAULTS, **spec.train}
     epochs = int(epochs or cfg["epochs"])
     batch_size = int(batch_size or cfg["batch_size"])
     seed = int(cfg["seed"] if seed is None else seed)
-    out = Path(out or Path("runs") / spec.name)
-    backup = out / "backup"
-    resuming = backup.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    if not resuming:
-        for name in ("history.csv", "metrics.json", "model.keras", "curves.png"):
-            (out / name).unlink(missing_ok=True)
+    run = RunDir(out or Path("runs") / spec.name)
+    out = run.path
+    resuming = run.start(overwrite=overwrite)
 
     start = time.time()
     keras.utils.set_random_seed(seed)
-    spec, frame = prepare_data(spec, data)
-    train_df, val_df, test_df = split_frames(spec, frame)
-    stats = fit_stats(spec.features, train_df)
-    used = spec.used_features()
-    (out / "spec.json").write_text(spec.to_json())
-    (out / "preprocessing.json").write_text(json.dumps({"used": used, "stats": stats}))
-    (out / "run.json").write_text(json.dumps({
-        "data": data if isinstance(data, str) else "<DataFrame>", "backend": keras.backend.backend(),
+    prepared = prepare(spec, data, batch_size)
+    spec, stats, pre = prepared.spec, prepared.stats, prepared.preprocessor
+    train_df, val_df, test_df = (prepared.frames[k] for k in ("train", "validation", "test"))
+    run.write_setup(spec, spec.used_features(), stats, {
+        "data": str(data) if not hasattr(data, "columns") else "<DataFrame>", "backend": keras.backend.backend(),
         "seed": seed, "epochs": epochs, "batch_size": batch_size, "rows": {"train": len(train_df),
-        "validation": len(val_df), "test": len(test_df)}}, indent=2))
+        "validation": len(val_df), "test": len(test_df)}})
     print(f"kzoo: {spec.name} on {len(train_df)} train / {len(val_df)} validation / {len(test_df)} test rows "
           f"[{keras.backend.backend()}] -> {out}" + (" (resuming from backup)" if resuming else ""), file=sys.stderr)
 
-    pre = Preprocessor(spec.features, stats, used)
-    train_ds = make_dataset(train_df, spec, pre, batch_size)
-    val_ds = make_dataset(val_df, spec, pre, batch_size) if len(val_df) else None
-    model = build(spec, stats)
-    compile_model(model, spec)
+    train_ds = prepared.train
+    val_ds = prepared.validation if len(val_df) else None
+    model = compile(build(spec, stats), spec)
 
-    callbacks = [keras.callbacks.BackupAndRestore(str(backup)),
+    callbacks = [keras.callbacks.BackupAndRestore(str(run.backup)),
                  keras.callbacks.CSVLogger(str(out / "history.csv"), append=resuming),
                  StepLogger(out / "steps.jsonl", every=max(1, len(train_df) // batch_size // 20), append=resuming)]
     stop = spec.train.get("early_stopping")
@@ -185,80 +144,7 @@ def train(spec, data="synthetic", out=None, *, epochs=None, batch_size=None, see
     # Wall time of this process's fit() (first-step compilation included; validation included).
     result["fit_seconds"] = round(fit_seconds, 2)
     result["train_examples_per_s"] = round(len(train_df) * epochs_run / fit_seconds, 1) if epochs_run else None
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
-    plot_curves(out / "steps.jsonl", out / "curves.png", spec)
-    shutil.rmtree(backup, ignore_errors=True)
+    run.write_metrics(result)
+    plot_curves(out / "steps.jsonl", out / "curves.png", spec.name)
+    shutil.rmtree(run.backup, ignore_errors=True)
     return result
-
-
-def predict_frame(model, spec: Spec, pre: Preprocessor, frame, batch_size: int = 4096) -> dict[str, np.ndarray]:
-    ds = make_dataset(frame, spec, pre, batch_size, with_labels=False)
-    out = model.predict(ds, verbose=0)
-    return {k: np.asarray(v).reshape(-1) for k, v in out.items()}
-
-
-def evaluate_frame(model, spec: Spec, pre: Preprocessor, frame, batch_size: int = 4096) -> dict:
-    preds = predict_frame(model, spec, pre, frame, batch_size)
-    result: dict = {}
-    for t in spec.tasks:
-        y = frame[spec.task_label(t)].to_numpy(dtype="float64")
-        if t.get("type", "binary") == "binary":
-            result[t["name"]] = kmetrics.binary_report(y, preds[t["name"]])
-        else:
-            result[t["name"]] = kmetrics.regression_report(y, preds[t["name"]])
-    result["examples"] = int(len(frame))
-    return result
-
-
-def load_run(run) -> tuple[Spec, dict, keras.Model]:
-    run = Path(run)
-    for name in ("spec.json", "preprocessing.json", "model.keras"):
-        if not (run / name).is_file():
-            raise FileNotFoundError(f"{run} is not a finished kzoo run: {name} is missing "
-                                    "(train it with `kzoo train SPEC --out RUN`)")
-    spec = load_spec(run / "spec.json")
-    prep = json.loads((run / "preprocessing.json").read_text())
-    model = keras.models.load_model(run / "model.keras", compile=False)
-    return spec, prep, model
-
-
-def evaluate(run, data=None) -> dict:
-    """Metrics of a run: on its own test split, or on every row of `data`."""
-    spec, prep, model = load_run(run)
-    pre = Preprocessor(spec.features, prep["stats"], prep["used"])
-    if data is None:
-        data = json.loads((Path(run) / "run.json").read_text())["data"]
-        spec, frame = prepare_data(spec, data)
-        frame = split_frames(spec, frame)[2]
-    else:
-        spec, frame = prepare_data(spec, data)
-    return evaluate_frame(model, spec, pre, frame)
-
-
-def plot_curves(steps_jsonl: Path, png: Path, spec: Spec) -> None:
-    """Loss and metrics against training steps: running training values, validation at epoch ends."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    if not steps_jsonl.is_file():
-        return
-    steps = pd.read_json(steps_jsonl, lines=True)
-    panels = [c for c in steps.columns if c != "step" and not c.startswith("val_") and c != "learning_rate"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
-    train = steps.dropna(subset=panels, how="all")
-    val = steps[[c for c in steps.columns if c.startswith("val_")] + ["step"]].dropna()
-    for ax, col in zip(axes[0], panels):
-        ax.plot(train["step"], train[col], "-", label="train (running mean in epoch)")
-        if f"val_{col}" in val:
-            ax.plot(val["step"], val[f"val_{col}"], "s", markersize=7, label="validation (epoch end)")
-        ax.set_title(col)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"{spec.name}: training curves")
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)

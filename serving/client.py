@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.requests import columns, grpc_request, rest_body
+from kzoo.serving.requests import columns, grpc_request, rest_body
 
 SIGNATURE = "serving_default"
 _VERSION_DIR = re.compile(r"^\d+$")

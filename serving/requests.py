@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-_NP = {"float32": np.float32, "float64": np.float64, "int32": np.int32, "int64": np.int64, "string": object}
+from kzoo.columns import raw_column
 
 
 def _dtype_name(spec) -> str:
@@ -24,15 +24,11 @@ def _dtype_name(spec) -> str:
 def columns(rows, signature: dict) -> dict[str, np.ndarray]:
     """Rows (list of dicts, a DataFrame, or a dict of columns) -> typed NumPy columns per input.
 
-    Values become what training fed the preprocessing (kzoo.data.conform, kzoo.features.raw_arrays),
+    Values become what training fed the preprocessing (one conversion, kzoo.columns),
     so a served row and a training row with the same raw values get the same prediction:
     numerics -> float NaN for missing (None, "", "nan", "null", ...); strings -> "" for missing,
     whole floats without ".0" (260.0 -> "260"); int64 ids -> -1 for missing.
     """
-    import pandas as pd
-
-    from kzoo.data import to_float, to_text
-
     if hasattr(rows, "to_dict") and hasattr(rows, "columns"):
         rows = {c: rows[c].to_numpy() for c in rows.columns}
     if isinstance(rows, list):
@@ -44,28 +40,7 @@ def columns(rows, signature: dict) -> dict[str, np.ndarray]:
     for name, spec in signature.items():
         if name not in rows:
             raise ValueError(f"input '{name}' is missing; the model takes {sorted(signature)}")
-        dtype = _dtype_name(spec)
-        if dtype not in _NP:
-            raise ValueError(f"input '{name}': dtype {dtype} is not one a kzoo export takes ({sorted(_NP)})")
-        array = np.asarray(rows[name]).reshape(-1)
-        if array.dtype.kind in ("iub" if dtype.startswith("int") else "fiub" if dtype != "string" else "U"):
-            out[name] = array.astype(_NP[dtype])  # nothing is missing in these: a plain cast
-            continue
-        values = pd.Series(array.tolist(), dtype=object)
-        if dtype == "string":
-            out[name] = to_text(values.map(lambda v: v.decode() if isinstance(v, bytes) else v))
-        elif dtype.startswith("float"):
-            out[name] = to_float(values, name, missing_ok=True).astype(_NP[dtype])
-        else:
-            # As kzoo.features.raw_arrays reads ids: from their text, so 7.0 and "7" are id 7.
-            text = pd.Series(to_text(values), dtype=object)
-            numbers = pd.to_numeric(text.where(text != "", np.nan), errors="coerce")
-            bad = np.flatnonzero((numbers.isna() & (text != "")).to_numpy() |
-                                 (numbers.notna() & (numbers != numbers.round())).to_numpy())
-            if len(bad):
-                raise ValueError(f"input '{name}', row {bad[0] + 1}: {values[bad[0]]!r} is not a whole number "
-                                 f"({dtype} id)")
-            out[name] = numbers.fillna(-1).to_numpy().astype(_NP[dtype])
+        out[name] = raw_column(rows[name], _dtype_name(spec), name)
     return out
 
 

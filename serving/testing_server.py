@@ -27,7 +27,7 @@ production: see docs/serving.md.
     with serve("exports/", "kzoo") as server:
         GrpcClient(server.grpc_target, "kzoo", "exports/").predict(rows)
 
-    python -m serving.testing_server exports/ --model-name kzoo --grpc-port 8500 --rest-port 8501
+    python -m kzoo.serving.testing_server exports/ --model-name kzoo --grpc-port 8500 --rest-port 8501
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2, prediction_log_pb2,
                                      prediction_service_pb2_grpc)
 
-from serving.client import latest_version_dir
-from serving.rest_json import ServingFailure, _invalid, _type_name, json_from_response, request_from_json
+from kzoo.serving.client import latest_version_dir
+from kzoo.serving.rest_json import ServingFailure, _invalid, _type_name, json_from_response, request_from_json
 
 HOST = "127.0.0.1"
 DEFAULT_SIGNATURE = "serving_default"
@@ -301,7 +301,7 @@ def serve(base, model_name: str = "kzoo", grpc_port: int = 0, rest_port: int = 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.testing_server",
+    parser = argparse.ArgumentParser(prog="python -m kzoo.serving.testing_server",
                                      description="A protocol-true stand-in for TF Serving (NOT TF Serving), "
                                                  "for tests and local demos; binds 127.0.0.1 only.")
     parser.add_argument("base", help="model base dir: BASE/<version>/saved_model.pb")

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from blocks.core import MLP, Add, Concat, DenseFeatures, FeatureEmbedding, Linear
-from blocks.interaction import FM, CrossNetV2, DotInteraction
+from kzoo.blocks.core import MLP, Add, Concat, DenseFeatures, FeatureEmbedding, Linear
+from kzoo.blocks.interaction import FM, CrossNetV2, DotInteraction
 from tests.layer_test import run_layer_test
 
 RNG = np.random.default_rng(7)

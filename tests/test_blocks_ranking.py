@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-import blocks
-from blocks.ranking import CIN, CrossNet, MaskBlock, MaskNet, WuKong, WuKongLayer
+from kzoo import blocks
+from kzoo.blocks.ranking import CIN, CrossNet, MaskBlock, MaskNet, WuKong, WuKongLayer
 from layer_test import run_layer_test  # tests/ is on sys.path (rootdir conftest, no __init__.py)
 
 B, M, D = 3, 4, 2  # batch, fields, embedding dim of the small numeric cases

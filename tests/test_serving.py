@@ -12,9 +12,9 @@ from tensorflow_serving.apis import prediction_log_pb2, prediction_service_pb2_g
 
 import kzoo
 from kzoo import data as kdata
-from serving.client import GrpcClient, RestClient, ServerUnreachable, ServingError, load_signature
-from serving.requests import columns, grpc_request
-from serving.testing_server import serve
+from kzoo.serving.client import GrpcClient, RestClient, ServerUnreachable, ServingError, load_signature
+from kzoo.serving.requests import columns, grpc_request
+from kzoo.serving.testing_server import serve
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "kzoo"

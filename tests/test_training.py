@@ -16,8 +16,11 @@ Y = np.array([1, 0, 1, 0, 0], "float32")
 P = np.array([0.9, 0.2, 0.4, 0.6, 0.05], "float32")
 
 
+Z = np.log(P / (1 - P))  # the logits the task heads give; losses take logits
+
+
 def loss_value(cfg):
-    return float(keras.ops.convert_to_numpy(make_loss(cfg)(Y.reshape(-1, 1), P.reshape(-1, 1))))
+    return float(keras.ops.convert_to_numpy(make_loss(cfg)(Y.reshape(-1, 1), Z.reshape(-1, 1))))
 
 
 def test_bce_family_matches_numpy():
@@ -112,24 +115,33 @@ def test_train_embedding_l2_is_every_tables_default_and_matches_numpy():
 
 
 def test_early_stopping_on_validation_auc_keeps_the_best_epoch(data_dir, tmp_path):
-    """On the real Criteo slice DCN over-fits in its second epoch at Adam 0.003: training stops
-    there and the saved model is the first epoch's (validation AUC recomputed from its predictions)."""
+    """On the real Criteo slice: training stops after the first epoch that does not raise validation
+    AUC (patience 0), and the saved model is the best epoch's (its validation AUC recomputed from its
+    own predictions). Whichever epoch that is on this backend, nothing about it is pinned."""
     import pandas as pd
 
-    from kzoo.features import Preprocessor
     from kzoo.metrics import auc
-    from kzoo.trainer import load_run, predict_frame, prepare_data, split_frames
+    from kzoo.pipeline import load_for, split_frames
+    from kzoo.predict import predict_frame
 
     path = data_dir / "criteo" / "criteo_train_head10k.txt"
+    if not path.is_file():
+        pytest.skip(f"real Criteo slice not present at {path}")
     raw = json.loads((REPO / "zoo_configs" / "dcn.json").read_text())
     raw["train"].update(epochs=3, early_stopping={"monitor": "val_auc", "mode": "max", "patience": 0})
     kzoo.train(raw, f"criteo:{path}", tmp_path / "run", verbose=0)
     history = pd.read_csv(tmp_path / "run" / "history.csv")
-    assert len(history) == 2 and history.val_auc[1] < history.val_auc[0] - 0.005, history
-    spec, prep, model = load_run(tmp_path / "run")
-    spec, frame = prepare_data(spec, f"criteo:{path}")
+    val_auc = history.val_auc.to_numpy()
+    worse = [i for i in range(1, len(val_auc)) if val_auc[i] <= val_auc[:i].max()]
+    # Stops right after the first epoch without improvement, else runs all 3.
+    assert len(val_auc) == (worse[0] + 1 if worse else 3), history
+    run = kzoo.RunDir(tmp_path / "run")
+    spec, frame = load_for(run.spec(), f"criteo:{path}")
     val = split_frames(spec, frame)[1]
-    pred = predict_frame(model, spec, Preprocessor(spec.features, prep["stats"], prep["used"]), val)["ctr"]
+    pred = predict_frame(run.model(), spec, run.preprocessor(), val)["ctr"]
     restored = auc(val["label"].to_numpy(), pred)
-    # Keras' AUC uses 1,000 thresholds; the exact AUC of the saved model matches epoch 1's.
-    assert abs(restored - history.val_auc[0]) < 0.003 < abs(restored - history.val_auc[1]), (restored, history)
+    # Keras' AUC uses 1,000 thresholds; the exact AUC of the saved model matches the best epoch's.
+    best = int(np.argmax(val_auc))
+    assert abs(restored - val_auc[best]) < 0.003, (restored, history)
+    if worse:
+        assert abs(restored - val_auc[-1]) > abs(restored - val_auc[best]), (restored, history)

@@ -1,0 +1,96 @@
+"""Raw column conversion: what training feeds the preprocessing and what a client sends.
+
+One small module that kzoo.data (reading tables), kzoo.features (the tf.data input) and
+kzoo.serving.requests (TF Serving requests) all use, so a served row and a training row with
+the same raw values become the same tensors:
+
+    to_float(column, name, missing_ok)   float32, NaN for missing ("", NA, nan, null, none)
+    to_text(column)                      str, "" for missing, whole floats without ".0"
+    to_ids(column, name)                 int64 ids read from their text, -1 for missing
+    raw_column(column, dtype, name)      one of the above by dtype name (float32, int64, string, ...)
+
+Bad values raise DataError naming the column and the 1-based row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from kzoo.errors import DataError
+
+# Only these spellings mean "missing" in a numeric column. Categorical text is kept as written:
+# "NA" or "null" can be real category values (Namibia), so a table's only missing marker is "".
+_NUMERIC_NA = frozenset({"", "na", "nan", "n/a", "null", "none"})
+_NP = {"float32": np.float32, "float64": np.float64, "int32": np.int32, "int64": np.int64, "string": object}
+DTYPES = tuple(_NP)
+
+
+def to_float(column: pd.Series, name: str, missing_ok: bool) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
+        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        text = None
+    else:
+        raw = column.astype(object)
+        text = raw.map(lambda v: v.strip() if isinstance(v, str) else v)
+        is_na = text.isna() | text.map(lambda v: isinstance(v, str) and v.lower() in _NUMERIC_NA)
+        values = pd.to_numeric(text.where(~is_na, np.nan), errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(np.isnan(values) & ~is_na.to_numpy())
+        if len(bad):
+            raise DataError(f"column {name!r}, row {bad[0] + 1}: {raw.iloc[bad[0]]!r} is not a number")
+    if not missing_ok:
+        gone = np.flatnonzero(np.isnan(values))
+        if len(gone):
+            raise DataError(f"column {name!r}, row {gone[0] + 1}: the label is missing "
+                            f"({len(gone)} row{'s' if len(gone) > 1 else ''} in all)")
+    return values.astype(np.float32)
+
+
+def to_text(column: pd.Series) -> np.ndarray:
+    if pd.api.types.is_string_dtype(column) and not pd.api.types.is_object_dtype(column):
+        return column.astype(object).where(column.notna(), "").to_numpy(dtype=object)
+    return np.array([_category(v) for v in column.astype(object)], dtype=object)
+
+
+def _category(value) -> str:
+    if isinstance(value, str):
+        return str(value)
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA or value is pd.NaT:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def to_ids(column: pd.Series, name: str, dtype: str = "int64") -> np.ndarray:
+    """Integer ids read from their text, so 7, 7.0 and "7" are id 7; missing -> -1."""
+    text = pd.Series(to_text(column), dtype=object)
+    numbers = pd.to_numeric(text.where(text != "", np.nan), errors="coerce")
+    bad = np.flatnonzero((numbers.isna() & (text != "")).to_numpy() |
+                         (numbers.notna() & (numbers != numbers.round())).to_numpy())
+    if len(bad):
+        raise DataError(f"column {name!r}, row {bad[0] + 1}: {column.iloc[bad[0]]!r} is not a whole number "
+                        f"({dtype} id)")
+    return numbers.fillna(-1).to_numpy().astype(_NP[dtype])
+
+
+def raw_column(column, dtype: str, name: str) -> np.ndarray:
+    """`column` (a Series or array-like) as the NumPy array a `dtype` input takes."""
+    if dtype not in _NP:
+        raise DataError(f"column {name!r}: dtype {dtype} is not one kzoo reads ({', '.join(DTYPES)})")
+    array = np.asarray(column).reshape(-1)
+    if array.dtype.kind in ("iub" if dtype.startswith("int") else "fiub" if dtype != "string" else "U"):
+        return array.astype(_NP[dtype])  # nothing is missing in these: a plain cast
+    values = column if isinstance(column, pd.Series) else pd.Series(array.tolist(), dtype=object)
+    values = values.reset_index(drop=True)
+    if dtype == "string":
+        return to_text(values.map(lambda v: v.decode() if isinstance(v, bytes) else v))
+    if dtype.startswith("float"):
+        return to_float(values, name, missing_ok=True).astype(_NP[dtype])
+    return to_ids(values, name, dtype)

@@ -1,0 +1,35 @@
+"""Held-out metrics: each task's report (kzoo.tasks) on its served outputs.
+
+    evaluate(run, data=None)                   a run on its own test split, or on every row of `data`
+    evaluate_frame(model, spec, pre, frame)    a trained model on a conformed frame with labels
+"""
+
+from __future__ import annotations
+
+from kzoo.predict import predict_frame
+from kzoo.tasks import tasks_of
+
+
+def evaluate_frame(model, spec, pre, frame, batch_size: int = 4096) -> dict:
+    """{task: report, "examples": n}: binary tasks get AUC/logloss/ECE..., regression MSE/MAE..."""
+    served = predict_frame(model, spec, pre, frame, batch_size)
+    result: dict = {}
+    for task in tasks_of(spec):
+        result[task.name] = task.report(frame[task.label].to_numpy(dtype="float64"), served[task.name])
+    result["examples"] = int(len(frame))
+    return result
+
+
+def evaluate(run, data=None) -> dict:
+    """Metrics of a run: on its own test split (the data it was trained with), or on every row of `data`."""
+    from kzoo.pipeline import load_for, split_frames
+    from kzoo.rundir import RunDir
+
+    run = RunDir(run)
+    spec = run.spec()
+    if data is None:
+        spec, frame = load_for(spec, run.run_info()["data"])
+        frame = split_frames(spec, frame)[2]
+    else:
+        spec, frame = load_for(spec, data)
+    return evaluate_frame(run.model(), spec, run.preprocessor(), frame)

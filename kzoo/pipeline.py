@@ -1,0 +1,136 @@
+"""Raw data -> the (features, labels) tf.data batches a `kzoo.build` model takes.
+
+    prepare(spec, data)   -> Prepared: the split frames, the training split's statistics, the
+                             preprocessing stage and `.train` / `.validation` / `.test` datasets
+    load_for(spec, data)  -> (spec, frame) conformed to the spec's dataset schema
+    split_frames(spec, frame), make_dataset(frame, spec, pre, batch_size)
+
+The model built by `kzoo.build(spec, stats)` takes *preprocessed* inputs (ids, normalised
+floats); this is the stage that makes them, in tf.data, on every backend. The same stage is
+composed into the SavedModel at export.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from kzoo import data as kdata
+from kzoo.features import Preprocessor, fit_stats, raw_arrays
+from kzoo.spec import Spec, load_spec
+
+DEFAULT_BATCH = 512
+
+
+def load_for(spec: Spec, data, require_label: bool = True) -> tuple[Spec, object]:
+    """Load `data`; when it names a bundled dataset (criteo, avazu, synthetic), the spec's graph is
+    used on that dataset's schema. Returns (spec, DataFrame conformed to the spec's dataset).
+
+    require_label: bool. With False, data without the label column(s) reads too (to predict on).
+    """
+    frame, dataset_name = kdata.load(data)
+    spec = on_dataset(spec, dataset_name)
+    return spec, kdata.conform(frame, spec.dataset, require_label=require_label)
+
+
+def on_dataset(spec: Spec, dataset_name: str | None) -> Spec:
+    """The spec on the bundled schema of `dataset_name` (a named loader's data), else unchanged."""
+    if dataset_name and spec.dataset.get("name") != dataset_name:
+        print(f"kzoo: data is {dataset_name}; using its bundled feature schema", file=sys.stderr)
+        spec = spec.with_dataset(kdata.bundled_dataset(dataset_name))
+    return spec
+
+
+def split_frames(spec: Spec, frame):
+    """(train, validation, test) by the spec's `train.split` (seeded; 80/10/10 by default)."""
+    split = spec.train.get("split", {})
+    return kdata.split(frame, seed=split.get("seed", 0), validation=split.get("validation", 0.1),
+                       test=split.get("test", 0.1))
+
+
+def labels_of(frame, spec: Spec) -> dict:
+    """{task: (n, 1) float32 labels} from the frame's label columns."""
+    return {t["name"]: frame[spec.task_label(t)].to_numpy(dtype="float32").reshape(-1, 1) for t in spec.tasks}
+
+
+def make_dataset(frame, spec: Spec, pre: Preprocessor, batch_size: int, with_labels: bool = True):
+    """Batches of model inputs (and {task: label} when `with_labels`); preprocessing runs in
+    tf.data, then is cached."""
+    import tensorflow as tf
+
+    x = raw_arrays(frame, pre.raw)
+    if with_labels:
+        ds = tf.data.Dataset.from_tensor_slices((x, labels_of(frame, spec)))
+        ds = ds.batch(batch_size).map(lambda a, b: (pre(a), b), num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(x).batch(batch_size).map(pre, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.cache().prefetch(tf.data.AUTOTUNE)
+
+
+@dataclass
+class Prepared:
+    """A spec's data, split and preprocessed with the training split's statistics.
+
+    Attributes:
+        spec: the Spec (on the data's bundled schema when `data` named one).
+        stats: vocabularies and normalisation statistics; pass to `kzoo.build(spec, stats)`.
+        preprocessor: raw columns -> model inputs (kzoo.features.Preprocessor).
+        frames: {"train", "validation", "test"} conformed raw DataFrames.
+        batch_size: batch size of `train` / `validation` / `test`.
+    """
+
+    spec: Spec
+    stats: dict
+    preprocessor: Preprocessor
+    frames: dict
+    batch_size: int = DEFAULT_BATCH
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def dataset(self, part: str, batch_size: int | None = None, labels: bool = True):
+        """tf.data batches of split `part` ("train", "validation" or "test"): (features, {task: label})
+        with `labels`, features only without."""
+        if part not in self.frames:
+            raise ValueError(f"part must be one of {sorted(self.frames)}, received {part!r}")
+        key = (part, batch_size or self.batch_size, labels)
+        if key not in self._cache:
+            self._cache[key] = make_dataset(self.frames[part], self.spec, self.preprocessor, key[1], labels)
+        return self._cache[key]
+
+    @property
+    def train(self):
+        return self.dataset("train")
+
+    @property
+    def validation(self):
+        return self.dataset("validation")
+
+    @property
+    def test(self):
+        return self.dataset("test")
+
+
+def prepare(spec, data="synthetic", batch_size: int | None = None) -> Prepared:
+    """Turn raw data into what a `kzoo.build` model trains on.
+
+    Args:
+        spec: a Spec, a spec path, a JSON string or a dict.
+        data: "synthetic[:ROWS]", "criteo:PATH", "avazu:PATH", a CSV/TSV/Parquet path, or a DataFrame
+            with the spec's columns. Defaults to `"synthetic"`.
+        batch_size: int. Defaults to the spec's `train.batch_size`, else 512.
+
+    Example:
+    ```python
+    data = kzoo.prepare("zoo_configs/dcn_v2.json", "synthetic:5000")
+    model = kzoo.build(data.spec, data.stats)
+    kzoo.compile(model, data.spec)
+    model.fit(data.train, validation_data=data.validation, epochs=1)
+    ```
+    """
+    spec = load_spec(spec)
+    spec, frame = load_for(spec, data)
+    train, validation, test = split_frames(spec, frame)
+    stats = fit_stats(spec.features, train)
+    pre = Preprocessor(spec.features, stats, spec.used_features())
+    return Prepared(spec=spec, stats=stats, preprocessor=pre,
+                    frames={"train": train, "validation": validation, "test": test},
+                    batch_size=int(batch_size or spec.train.get("batch_size", DEFAULT_BATCH)))
