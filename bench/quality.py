@@ -13,7 +13,6 @@ kzoo/FuxiCTR ratios of AUC and of training examples/s.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -28,52 +27,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-RANKING = ["lr", "fm", "wide_deep", "deepfm", "multi_tower", "dcn", "dcn_v2", "dlrm", "xdeepfm", "masknet",
-           "wukong", "rocket_launching"]
+from common import DATA, RANKING, apply_setting, data_dir, spec_for, tuned_setting  # noqa: E402
+
 PEER = {"dcn_v2": "DCNv2", "deepfm": "DeepFM"}
-
-# Avazu has no numeric columns and other names: the configs that name Criteo columns or rely on
-# dense features get the equivalent wiring for Avazu's schema. Everything else is unchanged.
-AVAZU_OVERRIDES = {
-    "wide_deep": {"groups": {"wide_features": ["*"], "deep_features": ["type:categorical"]}, "crosses": [
-        {"name": "banner_x_site_category", "columns": ["banner_pos", "site_category"], "hash_buckets": 1000},
-        {"name": "app_category_x_device_type", "columns": ["app_category", "device_type"], "hash_buckets": 1000},
-        {"name": "C1_x_conn", "columns": ["C1", "device_conn_type"], "hash_buckets": 1000}]},
-    "multi_tower": {
-        "groups": {"site_app": ["site_*", "app_*"], "device": ["device_*"],
-                   "context": ["C*", "banner_pos", "hour_of_day", "day_of_week"]},
-        "blocks": [
-            {"name": "emb_site_app", "type": "FeatureEmbedding", "inputs": ["group:site_app"], "args": {"dim": 16}},
-            {"name": "site_app_tower", "type": "MLP", "inputs": ["emb_site_app"], "args": {"units": [128, 64]}},
-            {"name": "emb_device", "type": "FeatureEmbedding", "inputs": ["group:device"], "args": {"dim": 8}},
-            {"name": "device_tower", "type": "MLP", "inputs": ["emb_device"], "args": {"units": [64]}},
-            {"name": "emb_context", "type": "FeatureEmbedding", "inputs": ["group:context"], "args": {"dim": 8}},
-            {"name": "context_tower", "type": "MLP", "inputs": ["emb_context"], "args": {"units": [64]}},
-            {"name": "towers", "type": "Concat", "inputs": ["site_app_tower", "device_tower", "context_tower"]},
-            {"name": "fusion", "type": "MLP", "inputs": ["towers"], "args": {"units": [128, 64]}}]},
-    "dlrm": {
-        "groups": {"sparse": ["type:categorical"]},
-        "blocks": [
-            {"name": "emb", "type": "FeatureEmbedding", "inputs": ["group:sparse"], "args": {"dim": 16}},
-            {"name": "interaction", "type": "DotInteraction", "inputs": ["emb"]},
-            {"name": "joined", "type": "Concat", "inputs": ["emb", "interaction"]},
-            {"name": "top", "type": "MLP", "inputs": ["joined"], "args": {"units": [256, 128]}}]},
-}
-DATA = {"criteo": "criteo/criteo_train_head10k.txt", "avazu": "avazu/avazu_train_head10k.csv"}
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("KZOO_DATA_DIR", REPO.parent / "shared" / "data"))
-
-
-def spec_for(model: str, dataset: str) -> dict:
-    from kzoo import data as kdata
-
-    raw = json.loads((REPO / "zoo_configs" / f"{model}.json").read_text())
-    raw["features"] = kdata.bundled_dataset(dataset)
-    if dataset == "avazu" and model in AVAZU_OVERRIDES:
-        raw.update(copy.deepcopy(AVAZU_OVERRIDES[model]))
-    return raw
 
 
 def variant_spec(model: str, dataset: str, variant: str) -> dict:
@@ -81,12 +37,7 @@ def variant_spec(model: str, dataset: str, variant: str) -> dict:
     raw = spec_for(model, dataset)
     if variant == "default":
         return raw
-    from tune import TUNED_JSON, apply_setting
-
-    tuned = json.loads(TUNED_JSON.read_text()) if TUNED_JSON.is_file() else {}
-    if model not in tuned.get(dataset, {}):
-        raise SystemExit(f"no tuned setting for {model} on {dataset} in {TUNED_JSON}: run bench/tune.py first")
-    return apply_setting(raw, tuned[dataset][model]["setting"])
+    return apply_setting(raw, tuned_setting(model, dataset))
 
 
 def test_predictions(run: Path, data: str):
@@ -270,7 +221,7 @@ def markdown(summary: dict, models: list[str], datasets: list[str], commands: li
              "that exclude 0 say a model is better or worse than LR on this slice.", "",
              "Avazu gets the same graphs rewired for its columns where a config names Criteo columns or dense "
              "features (wide_deep crosses, multi_tower groups, dlrm without the dense tower; `AVAZU_OVERRIDES` "
-             "in bench/quality.py). `examples/s` in the FuxiCTR tables is training examples over `fit` wall "
+             "in bench/common.py). `examples/s` in the FuxiCTR tables is training examples over `fit` wall "
              "time, first-step compilation included: on 8k rows that is dominated by kzoo's one-off XLA / "
              "tf.function compilation (5-10 s per run on 2 cores), which eager PyTorch (FuxiCTR) does not pay, "
              "so the speed ratio is a small-data, cold-start figure, not steady-state throughput (see "

@@ -10,11 +10,11 @@ change only when it raises the *validation* AUC (the test split is never looked 
     learning_rate  0.003 (zoo default) | 0.001
     dim            embedding sizes as in the config (16) | halved (8)
     embedding_l2   0 | 0.01 | 0.1        (train.embedding_l2: every embedding table)
-    dropout        0 | 0.2               (MLP and WuKong blocks)
+    dropout        0 | 0.2               (every block with a `dropout` argument: MLP, WuKong, MaskNet, ...)
 
 Every candidate trains up to 3 epochs with early stopping on validation AUC (patience 0, best
 weights restored), so the number of epochs is tuned too. A knob that does not change a model's
-spec (dim for LR, dropout where there is no MLP) is not tried. Halving the embedding size also
+spec (dim for LR, dropout where no block has a `dropout` argument) is not tried. Halving the embedding size also
 halves DLRM's dense-tower output (the dot interaction needs equal sizes). Model seed 0, split seed 0 (the
 split of bench/quality.py). The result, bench/tuned.json, is what `bench/quality.py --variant
 tuned` trains with; the search trace goes into docs/tuning.md.
@@ -26,7 +26,6 @@ do not use both cores well, two processes do).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import subprocess
@@ -40,49 +39,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from quality import DATA, RANKING, data_dir, spec_for  # noqa: E402
+from common import DATA, DEFAULT, KNOBS, MAX_EPOCHS, RANKING, TUNED_JSON, apply_setting, data_dir, spec_for  # noqa: E402
 
-KNOBS = [("learning_rate", [0.003, 0.001]), ("dim_scale", [1.0, 0.5]), ("embedding_l2", [0.0, 0.01, 0.1]),
-         ("dropout", [0.0, 0.2])]
-DEFAULT = {k: values[0] for k, values in KNOBS}
 SEARCHED = [k for k, _ in KNOBS]  # --knobs picks a subset
-MAX_EPOCHS = 3
-TUNED_JSON = REPO / "bench" / "tuned.json"
-
-
-def apply_setting(raw: dict, setting: dict) -> dict:
-    """`raw` (a zoo spec as a dict) with the knobs of `setting` applied; `raw` is not changed."""
-    raw = copy.deepcopy(raw)
-    s = {**DEFAULT, **setting}
-    train = raw.setdefault("train", {})
-    train["epochs"] = MAX_EPOCHS
-    train["early_stopping"] = {"monitor": monitor(raw), "mode": "max", "patience": 0}
-    train["optimizer"] = {**train.get("optimizer", {"type": "adam"}), "learning_rate": s["learning_rate"]}
-    if s["embedding_l2"]:
-        train["embedding_l2"] = s["embedding_l2"]
-    blocks = {b["name"]: b for b in raw["blocks"]}
-    for block in raw["blocks"]:
-        args = block.setdefault("args", {})
-        if block["type"] == "FeatureEmbedding" and s["dim_scale"] != 1.0:
-            args["dim"] = max(2, round(args["dim"] * s["dim_scale"]))
-        if block["type"] in ("MLP", "WuKong") and s["dropout"]:
-            args["dropout"] = s["dropout"]
-    # DLRM: the dense tower's last width is the embedding size the dot interaction pairs it with.
-    for block in raw["blocks"]:
-        if block["type"] == "DotInteraction":
-            ins = [blocks[n] for n in block.get("inputs", []) if n in blocks]
-            dims = {b["args"]["dim"] for b in ins if b["type"] == "FeatureEmbedding"}
-            for b in ins:
-                if b["type"] == "MLP" and len(dims) == 1:
-                    b["args"]["units"] = b["args"]["units"][:-1] + [next(iter(dims))]
-    return raw
-
-
-def monitor(raw: dict) -> str:
-    """Validation AUC of the served task (the first of `export.tasks`, else the first task)."""
-    from kzoo.spec import logged_name
-
-    return "val_" + logged_name(raw, raw.get("export", {}).get("tasks", [raw["tasks"][0]["name"]])[0], "auc")
 
 
 def train_once(raw: dict, data: str, seed: int = 0) -> dict:
@@ -158,7 +117,7 @@ def markdown(tuned: dict) -> str:
     lines = ["# Tuning the ranking zoo on the Criteo and Avazu slices", "",
              "Made by `python bench/tune.py` (TensorFlow backend, model seed 0, split seed 0). A coordinate "
              "search over learning rate (0.003 | 0.001), embedding size (as configured | halved), embedding "
-             "L2 (`train.embedding_l2`: 0 | 0.01 | 0.1) and dropout in MLP / WuKong blocks (0 | 0.2), in "
+             "L2 (`train.embedding_l2`: 0 | 0.01 | 0.1) and dropout in the blocks that take one (0 | 0.2), in "
              "that order, each candidate trained up "
              f"to {MAX_EPOCHS} epochs with early stopping on validation AUC; a change is kept only when it "
              "raises validation AUC. The test split is not used here: docs/results.md reports test AUC over 3 "

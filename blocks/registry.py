@@ -47,10 +47,19 @@ def block_types() -> dict[str, type]:
     return dict(sorted(_REGISTRY.items()))
 
 
+# Keras' own Layer arguments (name, dtype, trainable, ...): the graph builder sets `name`, the rest
+# are not spec arguments. A block without an __init__ of its own would otherwise offer them.
+_LAYER_ARGS = frozenset(inspect.signature(keras.layers.Layer.__init__).parameters)
+
+
+def _own_parameters(cls):
+    return [(n, p) for n, p in inspect.signature(cls.__init__).parameters.items()
+            if n != "self" and n not in _LAYER_ARGS and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+
+
 def constructor_args(cls) -> set[str]:
-    """Names a block's constructor accepts (besides Keras' own **kwargs)."""
-    params = inspect.signature(cls.__init__).parameters
-    return {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    """Names a block's constructor accepts (besides Keras' own Layer arguments)."""
+    return {n for n, _ in _own_parameters(cls)}
 
 
 def summary(cls) -> str:
@@ -64,8 +73,8 @@ def arguments(cls) -> list[dict]:
     `features`, which the graph builder fills in for feature blocks, is left out.
     """
     out = []
-    for name, p in inspect.signature(cls.__init__).parameters.items():
-        if name in ("self", "features") or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+    for name, p in _own_parameters(cls):
+        if name == "features":
             continue
         arg = {"name": name, "type": p.annotation if isinstance(p.annotation, str) else
                getattr(p.annotation, "__name__", "") if p.annotation is not p.empty else ""}
@@ -85,7 +94,7 @@ def describe(cls) -> str:
         lo, hi = cls.arity
         lines.append("inputs: " + (f"{lo}" if lo == hi else f"{lo} or more" if hi is None else f"{lo} to {hi}")
                      + " block output(s)")
-    lines.append("args:")
+    lines.append("args:" + ("" if arguments(cls) else " (none)"))
     for arg in arguments(cls):
         default = f" = {arg['default']!r}" if "default" in arg else "  (required)"
         lines.append(f"  {arg['name']}: {arg['type'] or 'any'}{default}")
@@ -93,3 +102,29 @@ def describe(cls) -> str:
     if doc:
         lines += ["", doc]
     return "\n".join(lines)
+
+
+def argument_docs(cls) -> dict[str, str]:
+    """Each argument's entry in the class docstring's Google-style "Args:" section, continuation
+    lines joined: {"dim": "int. Embedding size.", ...}. Arguments it does not document are absent."""
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Args:")
+    except StopIteration:
+        return {}
+    section = len(lines[start]) - len(lines[start].lstrip())
+    docs: dict[str, str] = {}
+    entry_indent, current = None, None
+    for line in lines[start + 1:]:
+        indent = len(line) - len(line.lstrip())
+        if not line.strip() or indent <= section:
+            break
+        if entry_indent is None:
+            entry_indent = indent
+        if indent == entry_indent and ":" in line:
+            name, text = line.strip().split(":", 1)
+            current = name.split("(")[0].strip()
+            docs[current] = text.strip()
+        elif current is not None and indent > entry_indent:
+            docs[current] = f"{docs[current]} {line.strip()}".strip()
+    return docs

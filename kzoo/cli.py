@@ -61,27 +61,11 @@ def cmd_list(args) -> int:
     return 0
 
 
-def resolve_spec(text: str):
-    """A spec argument: a file, or the name of a zoo model (`kzoo train dcn_v2`)."""
-    from kzoo import zoo_configs
-
-    if Path(text).is_file() or text.endswith(".json") or text.lstrip().startswith("{"):
-        return text
-    path = zoo_configs.path(text)
-    if path is None:
-        from kzoo.spec import SpecError, did_you_mean
-
-        raise SpecError([("(file)", f"{text!r} is neither a spec file nor a zoo model"
-                                    f"{did_you_mean(text, zoo_configs.names())}; `kzoo list` shows the zoo")], text)
-    return str(path)
-
-
 def cmd_train(args) -> int:
     from kzoo.trainer import train
 
-    spec = resolve_spec(args.spec)
-    out = Path(args.out or Path("runs") / Path(spec).stem)
-    metrics = train(spec, args.data, out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+    out = Path(args.out or Path("runs") / Path(args.spec).stem)
+    metrics = train(args.spec, args.data, out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                     overwrite=args.overwrite)
     _print_metrics(metrics)
     print(f"run: {out}  (model.keras, metrics.json, history.csv, curves.png)")

@@ -27,7 +27,7 @@ production: see docs/serving.md.
     with serve("exports/", "kzoo") as server:
         GrpcClient(server.grpc_target, "kzoo", "exports/").predict(rows)
 
-    python -m kzoo.serving.testing_server exports/ --model-name kzoo --grpc-port 8500 --rest-port 8501
+    python -m kzoo.serving.testing_server exports/dcn_v2 --model-name kzoo --grpc-port 8500 --rest-port 8501
 """
 
 from __future__ import annotations

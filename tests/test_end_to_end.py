@@ -33,11 +33,11 @@ def trained(tmp_path_factory):
     run, base = tmp / "run", tmp / "exports"
     done = kzoo_cli("train", REPO / "zoo_configs" / "dcn_v2.json", "--data", "synthetic:3000", "--epochs", "1",
                     "--batch-size", "240", "--out", run, "--export", base)
-    return run, base, done.stdout
+    return run, base, done.stdout, done.stderr
 
 
 def test_run_dir_has_every_artifact(trained):
-    run, _, stdout = trained
+    run, _, stdout, _ = trained
     for name in ("spec.json", "preprocessing.json", "run.json", "model.keras", "metrics.json", "history.csv",
                  "curves.png"):
         assert (run / name).is_file(), name
@@ -49,7 +49,7 @@ def test_run_dir_has_every_artifact(trained):
 
 
 def test_export_serves_raw_features_like_the_model(trained, tmp_path):
-    run, base, _ = trained
+    run, base, _, _ = trained
     version = base / "1"
     assert (version / "saved_model.pb").is_file()
     assert (version / "assets.extra" / "tf_serving_warmup_requests").is_file()
@@ -68,7 +68,7 @@ def test_export_serves_raw_features_like_the_model(trained, tmp_path):
 
 
 def test_export_versions_are_immutable(trained):
-    run, base, _ = trained
+    run, base, _, _ = trained
     with pytest.raises(FileExistsError, match="immutable"):
         kzoo.export(run, base, version=1)
 
@@ -100,7 +100,7 @@ def test_resume_after_crash_ends_where_uninterrupted_run_does(tmp_path):
 
 
 def test_cli_evaluate_reproduces_test_metrics(trained):
-    run, _, _ = trained
+    run, _, _, _ = trained
     done = kzoo_cli("evaluate", run)
     auc = json.loads((run / "metrics.json").read_text())["ctr"]["auc"]
     assert f"auc={auc:.4f}" in done.stdout
@@ -133,3 +133,58 @@ def test_dcn_v2_beats_lr_on_synthetic_data(tmp_path):
     lr = kzoo.train(REPO / "zoo_configs" / "lr.json", "synthetic", tmp_path / "lr", verbose=0)
     dcn = kzoo.train(REPO / "zoo_configs" / "dcn_v2.json", "synthetic", tmp_path / "dcn", verbose=0)
     assert dcn["ctr"]["auc"] > lr["ctr"]["auc"] + 0.03, (dcn["ctr"], lr["ctr"])
+
+
+NOISE = ("absl::InitializeLog", "oneDNN", "cuda", "cuInit", "cpu_feature_guard", "TensorFlow binary is optimized")
+
+
+def assert_quiet(stderr: str):
+    noisy = [line for line in stderr.splitlines() if any(n in line for n in NOISE)]
+    assert noisy == [], noisy
+
+
+def test_cli_prints_no_tensorflow_start_up_noise(trained):
+    _, _, _, stderr = trained
+    assert_quiet(stderr)
+    assert "kzoo: dcn_v2 on 2400 train" in stderr
+
+
+def test_predict_without_labels_from_the_export_base_keeps_keys_as_json_lines(trained, tmp_path):
+    run, base, _, _ = trained
+    frame = kdata.synthetic(rows=50, seed=11).drop(columns=["label"])
+    frame.insert(0, "request_id", [f"r{i}" for i in range(len(frame))])
+    frame.to_csv(tmp_path / "unlabelled.csv", index=False)
+    # BASE (not BASE/1): the latest version, as TF Serving would pick it.
+    kzoo_cli("predict", base, "--data", tmp_path / "unlabelled.csv", "--keep", "request_id",
+             "--output", tmp_path / "served.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "served.jsonl").read_text().splitlines()]
+    assert [r["request_id"] for r in rows] == list(frame["request_id"]) and set(rows[0]) == {"request_id", "ctr"}
+    from_run = kzoo.predict(run, tmp_path / "unlabelled.csv", keep=["request_id"])
+    assert list(from_run.columns) == ["request_id", "ctr"]
+    np.testing.assert_allclose([r["ctr"] for r in rows], from_run["ctr"], atol=1e-5)
+    done = subprocess.run([sys.executable, "-m", "kzoo.cli", "predict", str(run), "--data",
+                           str(tmp_path / "unlabelled.csv"), "--keep", "request"], capture_output=True, text=True)
+    assert done.returncode == 2 and "'request' (did you mean 'request_id'?) not in the data" in done.stderr
+
+
+@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
+def test_train_by_zoo_name_refuses_a_finished_run_without_overwrite(tmp_path, backend):
+    args = ["train", "lr", "--data", "synthetic:1000", "--epochs", "1", "--out", tmp_path / "run"]
+    first = kzoo_cli(*args, backend=backend)
+    assert_quiet(first.stderr)
+    before = (tmp_path / "run" / "metrics.json").read_text()
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    again = subprocess.run([sys.executable, "-m", "kzoo.cli", *map(str, args)], capture_output=True, text=True,
+                           env=env, cwd=tmp_path)
+    assert again.returncode == 2, again.stderr
+    assert "holds a finished run" in again.stderr and "--overwrite" in again.stderr
+    assert "Traceback" not in again.stderr
+    assert (tmp_path / "run" / "metrics.json").read_text() == before
+    kzoo_cli(*args, "--overwrite", "--seed", "3", backend=backend)
+    assert (tmp_path / "run" / "metrics.json").read_text() != before
+
+
+def test_cli_list_shows_a_block_with_argument_types_and_defaults():
+    shown = kzoo_cli("list", "MaskNet").stdout
+    assert "mode: str = 'serial'" in shown and "hidden_units: int = 64" in shown
+    assert json.loads(kzoo_cli("list", "dcn_v2").stdout)["name"] == "dcn_v2"

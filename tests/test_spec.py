@@ -85,6 +85,9 @@ BAD = {
     "dataset ref missing": (set_(["features"], {"$ref": "datasets/nope.json"}), "features.$ref", "not found"),
     "early stopping on an unlogged metric": (set_(["train"], {"early_stopping": {"monitor": "val_acu"}}),
                                              "train.early_stopping.monitor", "did you mean 'val_auc'"),
+    "wrong arg type": (set_(["blocks", 2, "args"], {"layers": "three"}), "blocks[2].args.layers",
+                       "'three' is not of type 'integer'"),
+    "missing required arg": (lambda s: s["blocks"][0].pop("args"), "blocks[0].args", "['dim']"),
     "multi-task monitor without the task": (
         lambda s: (s["tasks"].append({"name": "cvr", "input": "top"}),
                    s.update(train={"early_stopping": {"monitor": "val_auc"}})),
@@ -145,3 +148,89 @@ def test_cli_validate_exit_codes(tmp_path):
     res = subprocess.run([sys.executable, "-m", "kzoo.cli", "validate", str(bad)], capture_output=True, text=True)
     assert res.returncode == 2
     assert f"{bad}: blocks[1].inputs[0]: 'embb' is not a block or group (did you mean 'emb'?)" in res.stderr
+
+
+def printed_schema(capsys) -> dict:
+    from kzoo.cli import main
+
+    assert main(["schema"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def masknet_spec(**args) -> dict:
+    spec = json.loads((REPO / "zoo_configs" / "masknet.json").read_text())
+    block = next(b for b in spec["blocks"] if b["type"] == "MaskNet")
+    block["args"] = args
+    return spec
+
+
+def test_printed_schema_constrains_block_types_args_and_tasks(capsys):
+    import jsonschema
+
+    from kzoo.blocks.registry import block_types
+    from kzoo.tasks import task_types
+
+    printed = printed_schema(capsys)
+    jsonschema.Draft202012Validator.check_schema(printed)
+    block = printed["$defs"]["block"]
+    assert block["properties"]["type"]["enum"] == list(block_types())
+    assert printed["$defs"]["task"]["properties"]["type"]["enum"] == list(task_types())
+    rules = {r["if"]["properties"]["type"]["const"]: r["then"]["properties"]["args"] for r in block["allOf"]}
+    assert sorted(rules) == sorted(block_types())
+    masknet = rules["MaskNet"]
+    assert masknet["additionalProperties"] is False and "required" not in masknet
+    want = {"mode": ("string", "serial"), "blocks": ("integer", 3), "hidden_units": ("integer", 64),
+            "reduction_ratio": ("number", 1.0), "aggregation_dim": (["integer", "null"], None),
+            "dropout": ("number", 0.0)}
+    assert {k: (v["type"], v["default"]) for k, v in masknet["properties"].items()} == want
+    assert "Number of MaskBlocks" in masknet["properties"]["blocks"]["description"]
+    assert rules["MaskBlock"]["required"] == ["hidden_units"]
+    assert "features" not in rules["FeatureEmbedding"]["properties"]
+
+    validator = jsonschema.Draft202012Validator(printed)
+    assert not list(validator.iter_errors(masknet_spec(mode="serial", blocks=2, aggregation_dim=None)))
+    errors = list(validator.iter_errors(masknet_spec(blocks=3, hiden_units=64)))
+    assert [(list(e.absolute_path), e.validator) for e in errors] == [(["blocks", 1, "args"], "additionalProperties")]
+    errors = list(validator.iter_errors(masknet_spec(blocks="three")))
+    assert [(list(e.absolute_path), e.message) for e in errors] == [
+        (["blocks", 1, "args", "blocks"], "'three' is not of type 'integer'")]
+    errors = list(validator.iter_errors(masknet_spec(blocks=1.5)))
+    assert [list(e.absolute_path) for e in errors] == [["blocks", 1, "args", "blocks"]]
+    for path in ZOO:
+        validator.validate(json.loads(path.read_text()))
+
+
+def test_schema_errors_for_block_args_read_like_the_semantic_checks():
+    spec = mutate(set_(["blocks", 2, "args"], {"layers": "three", "low_rnak": 4}))
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    assert ("blocks[2].args.layers", "'three' is not of type 'integer'") in info.value.problems
+    assert any(p == "blocks[2].args.low_rnak" and m.startswith("CrossNetV2 has no argument 'low_rnak' "
+                                                              "(did you mean 'low_rank'?)")
+               for p, m in info.value.problems), info.value.problems
+    # Unknown types and args alone leave the schema stage to the semantic checks, so every
+    # other problem of the spec is reported with them.
+    spec = mutate(lambda s: (s["blocks"][1].update(type="MPL"), s["blocks"][2].update(args={"layer": 1}),
+                             s["tasks"][0].update(input="nope")))
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    problems = dict(info.value.problems)
+    assert problems["blocks[1].type"].startswith("unknown block type 'MPL' (did you mean 'MLP'?)")
+    assert problems["blocks[2].args.layer"].startswith("CrossNetV2 has no argument 'layer' (did you mean 'layers'?)")
+    assert "tasks[0].input" in problems
+
+
+def test_cli_list_describes_a_block_type(capsys):
+    from kzoo.blocks.registry import arguments, block_types
+    from kzoo.cli import main
+
+    assert main(["list", "MaskNet"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("MaskNet")
+    for line in ("mode: str = 'serial'", "blocks: int = 3", "hidden_units: int = 64", "reduction_ratio: float = 1.0",
+                 "aggregation_dim: int | None = None", "dropout: float = 0.0"):
+        assert f"  {line}" in lines, out
+    assert len(arguments(block_types()["MaskNet"])) == 6
+    assert main(["list", "MaskBlock"]) == 0
+    assert "  hidden_units: int  (required)" in capsys.readouterr().out.splitlines()
