@@ -15,7 +15,7 @@ def evaluate_frame(model, spec, pre, frame, batch_size: int = 4096) -> dict:
     served = predict_frame(model, spec, pre, frame, batch_size)
     result: dict = {}
     for task in tasks_of(spec):
-        result[task.name] = task.report(frame[task.label].to_numpy(dtype="float64"), served[task.name])
+        result[task.name] = task.report(frame[task.label].to_numpy(dtype="float64"), served[task.name], frame)
     result["examples"] = int(len(frame))
     return result
 

@@ -393,6 +393,8 @@ def check(raw: dict, source: str | None = None) -> Spec:
         task_names[t["name"]] = i
         if t["input"] not in block_names:
             add(f"tasks[{i}].input", f"'{t['input']}' is not a block{did_you_mean(t['input'], block_names)}")
+        if t.get("gauc_by") and t["gauc_by"] not in seen:
+            add(f"tasks[{i}].gauc_by", f"'{t['gauc_by']}' is not a feature of the dataset{did_you_mean(t['gauc_by'], seen)}")
         if t.get("label") and t["label"] not in labels:
             add(f"tasks[{i}].label", f"'{t['label']}' is not a label column of the dataset (labels: {labels})")
     for i, name in enumerate(raw.get("export", {}).get("tasks", [])):

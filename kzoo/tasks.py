@@ -6,7 +6,7 @@ The graph of blocks produces representations (the backbone); a task turns one in
     loss()           -> a Keras loss on that logit (kzoo.losses.LOSSES), default per type
     metrics()        -> Keras metrics logged during fit (`METRICS`), on the logit
     serve(logit, ..) -> what the export and `kzoo predict` return: a probability, a value
-    report(y, out)   -> the held-out numbers in metrics.json (kzoo.metrics, NumPy)
+    report(y, out, frame) -> the held-out numbers in metrics.json (kzoo.metrics, NumPy)
 
 A new task type (in-batch softmax retrieval, KL to a teacher, a chain P(b|a)) is one more
 subclass registered with `@register_task`; the graph builder and the trainer only talk to
@@ -61,6 +61,7 @@ class Task:
     default_metrics: tuple[str, ...] = ()
     metrics_allowed: tuple[str, ...] = ()
     activation = "linear"
+    groups_for_gauc = False
 
     def __init__(self, config: dict, label: str):
         self.config = config
@@ -78,6 +79,8 @@ class Task:
         if kind not in cls.losses:
             path = f"{where}.loss" + (".type" if isinstance(config.get("loss"), dict) else "")
             out.append((path, f"a {cls.kind} task takes loss {' | '.join(cls.losses)}, not '{kind}'"))
+        if "gauc_by" in config and not cls.groups_for_gauc:
+            out.append((f"{where}.gauc_by", f"GAUC applies to binary tasks, not to a {cls.kind} task"))
         for i, m in enumerate(config.get("metrics", [])):
             if m not in cls.metrics_allowed:
                 out.append((f"{where}.metrics[{i}]", f"a {cls.kind} task logs {' | '.join(cls.metrics_allowed)}, "
@@ -118,7 +121,8 @@ class Task:
         return [METRICS[m](True) for m in self.metric_names()]
 
     # ------------------------------------------------------------------ evaluation
-    def report(self, y, served) -> dict:
+    def report(self, y, served, frame=None) -> dict:
+        """metrics.json's entry for this task: labels `y`, served outputs, the conformed data frame."""
         raise NotImplementedError
 
 
@@ -132,9 +136,13 @@ class BinaryTask(Task):
     default_metrics = ("auc", "logloss")
     metrics_allowed = ("auc", "logloss")
     activation = "sigmoid"
+    groups_for_gauc = True
 
-    def report(self, y, served) -> dict:
-        return kmetrics.binary_report(y, served)
+    def report(self, y, served, frame=None) -> dict:
+        """AUC, logloss, ECE, mean prediction and label; GAUC grouped by `gauc_by` when the task names it."""
+        column = self.config.get("gauc_by")
+        groups = frame[column].to_numpy() if column and frame is not None else None
+        return kmetrics.binary_report(y, served, groups=groups)
 
 
 @register_task
@@ -151,7 +159,7 @@ class RegressionTask(Task):
     def metrics(self) -> list:
         return [METRICS[m](False) for m in self.metric_names()]
 
-    def report(self, y, served) -> dict:
+    def report(self, y, served, frame=None) -> dict:
         return kmetrics.regression_report(y, served)
 
 

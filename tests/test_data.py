@@ -37,7 +37,7 @@ def avazu():
 # ------------------------------------------------------------------------------------------ bundled schemas
 
 def test_bundled_datasets_follow_the_schema(criteo, avazu):
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema
     spec_schema = json.loads((Path(kdata.__file__).with_name("schema.json")).read_text())
     for dataset in (criteo, avazu):
         jsonschema.validate(dataset, {"$defs": spec_schema["$defs"], "$ref": "#/$defs/dataset"})
@@ -263,7 +263,6 @@ def one_hot(table: pd.DataFrame, cut: int):
 
 def test_synthetic_signal_needs_crosses():
     """Logistic regression on one-hot features stays well below the oracle; the planted crosses lift it."""
-    pytest.importorskip("sklearn")
     from scipy import sparse
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score

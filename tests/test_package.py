@@ -98,3 +98,12 @@ def test_public_functions_keep_their_docstrings():
         doc = getattr(kzoo, name).__doc__
         assert doc and len(doc.strip()) > 40, name
     assert "preprocessed" in kzoo.build.__doc__ and "logit" in kzoo.build.__doc__
+
+
+def test_readme_and_serving_doc_name_the_same_export_base():
+    readme = (REPO / "README.md").read_text()
+    serving = (REPO / "docs" / "serving.md").read_text()
+    (base,) = set(re.findall(r"--export (exports\S*)", readme))
+    mounts = set(re.findall(r'-v "\$PWD/(\S+):/models/kzoo"', readme + serving))
+    assert mounts == {base}, (base, mounts)
+    assert set(re.findall(r"--model_base_path=/abs/path/to/(\S+)", serving)) == {base}

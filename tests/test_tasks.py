@@ -105,3 +105,26 @@ def test_a_loss_or_metric_the_task_type_cannot_use_is_a_spec_error(task, path, m
     with pytest.raises(SpecError) as e:
         kzoo.load_spec(raw, base_dir=kzoo.zoo_configs.FOLDER)
     assert any(p == path and message in m for p, m in e.value.problems), e.value.problems
+
+
+def test_gauc_by_a_feature_column_is_reported_and_matches_sklearn_per_group(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    raw = json.loads(kzoo.zoo_configs.path("lr").read_text())
+    raw["tasks"][0]["gauc_by"] = "C9"  # a low-cardinality column: groups with both classes
+    metrics = kzoo.train(raw, "synthetic:2000", tmp_path / "run", verbose=0)
+    frame = kdata.conform(kdata.synthetic(2000), kdata.bundled_dataset("criteo"))
+    test = kdata.split(frame, seed=0)[2].reset_index(drop=True)
+    p = kzoo.predict(tmp_path / "run", test)["ctr"].to_numpy()
+    total = weight = 0.0
+    for _, idx in test.groupby("C9").indices.items():
+        y = test["label"].to_numpy()[idx]
+        if 0 < y.sum() < len(y):
+            total += len(idx) * roc_auc_score(y, p[idx])
+            weight += len(idx)
+    assert weight > len(test) / 2  # most rows fall in groups with both classes
+    assert metrics["ctr"]["gauc"] == pytest.approx(total / weight, abs=1e-6)
+
+    raw["tasks"][0]["gauc_by"] = "C99"
+    with pytest.raises(SpecError, match=r"'C99' is not a feature of the dataset \(did you mean 'C9'\?\)"):
+        kzoo.load_spec(raw, base_dir=kzoo.zoo_configs.FOLDER)
