@@ -96,7 +96,10 @@ class SoftTarget(LossOnlyBlock):
 
     def call(self, inputs):
         teacher, student = inputs
-        self.add_loss(self.weight * ops.mean(ops.square(ops.stop_gradient(teacher) - student)))
+        # Flattened as `build` measured them: (batch, 1) minus (batch,) would otherwise broadcast
+        # to a (batch, batch) matrix and give a wrong loss without an error.
+        t = ops.stop_gradient(flatten_2d(teacher))
+        self.add_loss(self.weight * ops.mean(ops.square(t - flatten_2d(student))))
         return student
 
 

@@ -1,8 +1,9 @@
 """One shared layer-test helper (after keras' `run_layer_test`, STYLE.md #4).
 
-Checks a block: config round-trip (the spec *is* the config), eager and symbolic calls in a
-functional model, a `.keras` save/load giving the same numbers, and one training step that
-changes the trainable weights.
+Checks a block: config round-trip through JSON by value (the spec *is* the config), the number
+of losses one eager call adds, eager and symbolic calls in a functional model, a `.keras`
+save/load giving the same numbers, one call under a mixed-precision policy, and one training
+step that changes the trainable weights.
 """
 
 from __future__ import annotations
@@ -14,9 +15,16 @@ import tempfile
 import keras
 import numpy as np
 
+MIXED_POLICY = "mixed_bfloat16"
 
-def _call(layer, data):
-    return layer(data)
+
+def _json(value):
+    """`value` as it comes back from a spec file: tuples become lists, keys strings."""
+    return json.loads(json.dumps(value))
+
+
+def _numpy(x):
+    return keras.ops.convert_to_numpy(keras.ops.cast(x, "float32"))
 
 
 def _symbolic_inputs(data):
@@ -27,21 +35,83 @@ def _symbolic_inputs(data):
     return keras.Input(shape=data.shape[1:], dtype=str(data.dtype))
 
 
-def run_layer_test(cls, init_kwargs: dict, input_data, expected_output_shape: tuple, train: bool = True):
-    """Returns the eager output (NumPy) for further numeric checks."""
+def _batch_size(data) -> int:
+    if isinstance(data, dict):
+        return len(next(iter(data.values())))
+    return len(data[0] if isinstance(data, list) else data)
+
+
+def _check_config(cls, layer, init_kwargs):
+    """The config survives JSON by value and rebuilds a layer whose own config is the same."""
+    config = _json(layer.get_config())
+    for key, value in init_kwargs.items():
+        assert key in config, f"{cls.__name__}.get_config() lacks constructor argument {key!r}"
+        assert config[key] == _json(value), (
+            f"{cls.__name__}.get_config()[{key!r}] is {config[key]!r}, constructed with {value!r}")
+    clone = cls.from_config(config)
+    assert _json(clone.get_config()) == config, (
+        f"{cls.__name__}: from_config(get_config()) has another config:\n"
+        f"{_json(clone.get_config())}\n!=\n{config}")
+    return config, clone
+
+
+def _check_mixed_precision(cls, config, weights, input_data, eager, expected_output_shape, expected_num_losses):
+    """A layer built from the config under a mixed policy (float32 variables, low-precision
+    compute) gives finite outputs of the right shape, close to the float32 ones."""
+    previous = keras.config.dtype_policy()
+    try:
+        keras.config.set_dtype_policy(MIXED_POLICY)
+        # Without its saved "dtype" the config takes the global policy, as a spec built under it would.
+        mixed = cls.from_config({k: v for k, v in config.items() if k != "dtype"})
+        assert mixed.compute_dtype == "bfloat16" and mixed.variable_dtype == "float32", (
+            mixed.compute_dtype, mixed.variable_dtype)
+        mixed(input_data)
+        mixed.set_weights(weights)
+        out = mixed(input_data)
+        assert len(mixed.losses) == expected_num_losses, (len(mixed.losses), expected_num_losses)
+        got = _numpy(out)
+        assert got.shape == tuple(expected_output_shape), (got.shape, expected_output_shape)
+        assert np.all(np.isfinite(got)), f"{cls.__name__} under {MIXED_POLICY}: non-finite output"
+        # bfloat16 keeps 8 significant bits: a loose bound, but it catches a dropped term or a
+        # variable created in the compute dtype.
+        scale = 1.0 + float(np.max(np.abs(eager)))
+        assert float(np.max(np.abs(got - eager))) <= 0.1 * scale, (
+            f"{cls.__name__} under {MIXED_POLICY} is far from float32: max diff {np.max(np.abs(got - eager))}")
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def run_layer_test(cls, init_kwargs: dict, input_data, expected_output_shape: tuple, train: bool = True,
+                   expected_num_losses: int = 0, mixed_precision: bool = True):
+    """Returns the eager output (NumPy) for further numeric checks.
+
+    `expected_num_losses`: how many losses (add_loss and weight regularisers) one eager call
+    of the layer leaves in `layer.losses`.
+    """
     layer = cls(**init_kwargs)
-    eager = keras.ops.convert_to_numpy(_call(layer, input_data))
+    out = layer(input_data)
+    eager = _numpy(out)
     assert eager.shape == tuple(expected_output_shape), (eager.shape, expected_output_shape)
     assert np.all(np.isfinite(eager))
+    losses = layer.losses
+    assert len(losses) == expected_num_losses, (
+        f"{cls.__name__} added {len(losses)} losses in one call, expected {expected_num_losses}")
+    for loss in losses:
+        value = _numpy(loss)
+        assert value.shape == () and np.isfinite(value), f"{cls.__name__}: a loss is not a finite scalar: {value}"
+    # A second call replaces the losses of the first instead of piling them up.
+    layer(input_data)
+    assert len(layer.losses) == expected_num_losses, (len(layer.losses), expected_num_losses)
 
-    # Config survives JSON and rebuilds an equivalent layer (the spec is the config).
-    config = json.loads(json.dumps(layer.get_config()))
-    for key, value in init_kwargs.items():
-        assert key in config, f"get_config() lacks constructor argument {key!r}"
-    clone = cls.from_config(config)
-    _call(clone, input_data)
+    config, clone = _check_config(cls, layer, init_kwargs)
+    clone(input_data)
     clone.set_weights(layer.get_weights())
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(_call(clone, input_data)), eager, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_numpy(clone(input_data)), eager, rtol=1e-5, atol=1e-6)
+    assert len(clone.losses) == expected_num_losses
+
+    if mixed_precision:
+        _check_mixed_precision(cls, config, layer.get_weights(), input_data, eager, expected_output_shape,
+                               expected_num_losses)
 
     # Inside a functional model; saved and reloaded as .keras.
     inputs = _symbolic_inputs(input_data)
@@ -58,8 +128,7 @@ def run_layer_test(cls, init_kwargs: dict, input_data, expected_output_shape: tu
     np.testing.assert_allclose(reloaded.predict(input_data, verbose=0), before, rtol=1e-5, atol=1e-6)
 
     if train:
-        n = len(next(iter(input_data.values())) if isinstance(input_data, dict) else
-                input_data[0] if isinstance(input_data, list) else input_data)
+        n = _batch_size(input_data)
         y = np.random.default_rng(0).normal(size=(n, 1)).astype("float32")
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
         w0 = [np.array(w) for w in fresh.trainable_weights]

@@ -66,7 +66,7 @@ def _np_crossnet(x0, kernels, biases):
 
 
 def test_crossnet_layer_contract():
-    run_layer_test(CrossNet, {"layers": 2}, _data(B, M, D), (B, M * D))
+    run_layer_test(CrossNet, {"layers": 2}, _data(B, M, D), (B, M * D), expected_num_losses=0)
 
 
 @pytest.mark.parametrize("layers", [1, 2])
@@ -105,7 +105,7 @@ def _np_cin(x0, kernels, biases, sizes, split_half):
 
 def test_cin_layer_contract():
     run_layer_test(CIN, {"layer_sizes": [4, 3], "split_half": True, "activation": "relu"}, _data(B, M, D),
-                   (B, 4 // 2 + 3))
+                   (B, 4 // 2 + 3), expected_num_losses=0)
 
 
 @pytest.mark.parametrize("sizes,split_half,width", [([3], True, 3), ([4, 3], True, 5), ([4, 3], False, 7)])
@@ -142,12 +142,12 @@ def _np_mask_block(block, emb, hidden=None):
 
 def test_mask_block_layer_contract_embedding_form():
     run_layer_test(MaskBlock, {"hidden_units": 5, "reduction_ratio": 0.5, "aggregation_dim": None, "dropout": 0.1},
-                   _data(B, M, D), (B, 5))
+                   _data(B, M, D), (B, 5), expected_num_losses=0)
 
 
 def test_mask_block_layer_contract_hidden_form():
     run_layer_test(MaskBlock, {"hidden_units": 5, "aggregation_dim": 3}, [_data(B, M, D), _data(B, 6, seed=1)],
-                   (B, 5))
+                   (B, 5), expected_num_losses=0)
 
 
 @pytest.mark.parametrize("ratio,aggregation_dim,expected_agg", [(1.0, None, M * D), (0.5, None, M * D // 2),
@@ -173,7 +173,8 @@ def test_mask_block_hidden_form_matches_paper():
 
 def test_masknet_layer_contract():
     run_layer_test(MaskNet, {"mode": "serial", "blocks": 2, "hidden_units": 5, "reduction_ratio": 1.0,
-                             "aggregation_dim": None, "dropout": 0.0}, _data(B, M, D), (B, 5))
+                             "aggregation_dim": None, "dropout": 0.0}, _data(B, M, D), (B, 5),
+                   expected_num_losses=0)
 
 
 def test_masknet_parallel_builds_in_a_functional_model():
@@ -224,12 +225,12 @@ def _np_wukong_layer(layer, x):
 
 def test_wukong_layer_contract():
     run_layer_test(WuKongLayer, {"num_fmb": 3, "num_lcb": 2, "fmb_rank": 2, "fmb_units": [6], "dropout": 0.1},
-                   _data(B, M, D), (B, 5, D))
+                   _data(B, M, D), (B, 5, D), expected_num_losses=0)
 
 
 def test_wukong_contract():
     run_layer_test(WuKong, {"layers": 2, "num_fmb": 2, "num_lcb": 1, "fmb_rank": 3, "fmb_units": [4],
-                            "dropout": 0.0}, _data(B, M, D), (B, 3, D))
+                            "dropout": 0.0}, _data(B, M, D), (B, 3, D), expected_num_losses=0)
 
 
 @pytest.mark.parametrize("num_fmb,num_lcb,fmb_units", [(2, 2, [6]), (3, 2, [6, 5]), (1, 1, [])])

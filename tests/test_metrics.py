@@ -150,6 +150,32 @@ def test_log_mae_matches_sklearn_mae_of_log1p():
     )
 
 
+def _log_mae_formula(y, yhat):
+    """(1/N) * sum_i |log(1 + y_i) - log(1 + yhat_i)|, natural log, one term at a time."""
+    terms = [abs(math.log(1.0 + float(a)) - math.log(1.0 + float(b))) for a, b in zip(y, yhat)]
+    return sum(terms) / len(terms)
+
+
+def test_log_mae_matches_its_formula_written_out():
+    rng = np.random.default_rng(5)
+    # zeros on either side, a large target, then heavy-tailed values as in LTV data
+    y = np.concatenate([[0.0, 0.0, 1e3, 7.0], rng.exponential(20, 60)])
+    yhat = np.concatenate([[0.0, 4.0, 0.0, 7.0], rng.exponential(20, 60)])
+    expected = _log_mae_formula(y, yhat)
+    assert M.log_mae(y, yhat) == pytest.approx(expected, rel=1e-10)
+    # Symmetric in its arguments; column vectors and lists read as the same 1-D data.
+    assert M.log_mae(yhat, y) == pytest.approx(expected, rel=1e-10)
+    assert M.log_mae(y.reshape(-1, 1), list(yhat)) == pytest.approx(expected, rel=1e-10)
+
+
+def test_log_mae_is_one_when_every_prediction_is_e_times_one_plus_target():
+    # 1 + yhat = e (1 + y) makes each term exactly ln(e) = 1: natural log, with the +1 inside.
+    y = np.array([0.0, 0.5, 3.0, 250.0])
+    assert M.log_mae(y, math.e * (1.0 + y) - 1.0) == pytest.approx(1.0, rel=1e-12)
+    assert M.log_mae(math.e * (1.0 + y) - 1.0, y) == pytest.approx(1.0, rel=1e-12)
+    assert M.log_mae(y, y) == 0.0
+
+
 def test_log_mae_errors():
     with pytest.raises(ValueError, match="non-negative"):
         M.log_mae([1.0, -1.0], [1.0, 1.0])
@@ -282,7 +308,7 @@ def test_regression_report():
     assert set(rep) == {"mse", "mae", "log_mae", "examples"}
     assert rep["mse"] == pytest.approx(mean_squared_error(y, yhat))
     assert rep["mae"] == pytest.approx(mean_absolute_error(y, yhat))
-    assert rep["log_mae"] == pytest.approx(M.log_mae(y, yhat))
+    assert rep["log_mae"] == pytest.approx(_log_mae_formula(y, yhat), rel=1e-10)
     assert rep["examples"] == 300
     json.dumps(rep)
     assert M.regression_report([1.0, -2.0], [0.5, 0.5])["log_mae"] is None
