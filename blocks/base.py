@@ -66,6 +66,12 @@ class Block(keras.layers.Layer):
     loss_only: bool = False  # adds a training loss; skipped (student input passed on) when exported
     holds_tables: bool = False
 
+    @classmethod
+    def output_names(cls, args: dict) -> list[str] | None:
+        """Names of the outputs for these spec `args`, when the block has several (then `call`
+        returns {name: tensor} and a spec wires one as "block.name"); None for one output."""
+        return None
+
     def table_variables(self) -> list:
         """This block's own embedding-table variables (sublayers list theirs)."""
         return []

@@ -27,9 +27,19 @@ GROUP = "group:"
 
 # ---------------------------------------------------------------------------------- algorithms
 
+def ref_block(ref: str) -> str:
+    """The block a reference names: "mmoe.ctr" -> "mmoe" (block names have no dots)."""
+    return ref.split(".", 1)[0]
+
+
+def ref_output(ref: str) -> str | None:
+    """The output a reference names: "mmoe.ctr" -> "ctr"; None for a single-output block's "emb"."""
+    return ref.split(".", 1)[1] if "." in ref else None
+
+
 def edges(blocks: list[dict]) -> dict[str, list[str]]:
-    """Block name -> the blocks it reads (feature groups left out)."""
-    return {b["name"]: [x for x in b.get("inputs", []) if not x.startswith(GROUP)] for b in blocks}
+    """Block name -> the blocks it reads (feature groups left out; "mmoe.ctr" counts as "mmoe")."""
+    return {b["name"]: [ref_block(x) for x in b.get("inputs", []) if not x.startswith(GROUP)] for b in blocks}
 
 
 def reachable(roots: list[str], graph: dict[str, list[str]]) -> set[str]:
@@ -119,14 +129,19 @@ def walk(spec, stats: dict | None = None, model: keras.Model | None = None, task
     graph = edges(spec.blocks)
     if serving:  # a loss-only block reads only its last (student) input once exported
         graph = {n: (refs[-1:] if get_block(by_name[n]["type"]).loss_only else refs) for n, refs in graph.items()}
-    visit = reachable([t.input for t in wanted], graph)
+    visit = reachable([ref_block(t.input) for t in wanted], graph)
 
     def layer(name, make):
         return model.get_layer(name) if serving else make()
 
     inputs = model_inputs(spec)
-    tensors: dict[str, object] = {}
+    tensors: dict[str, object] = {}  # block -> its output, or {output name: tensor} for several
     read: set[str] = set()
+
+    def tensor(ref):
+        out = tensors[ref_block(ref)]
+        return out[ref_output(ref)] if ref_output(ref) is not None else out
+
     for b in topological_order(spec.blocks):
         name = b["name"]
         if name not in visit:
@@ -134,7 +149,7 @@ def walk(spec, stats: dict | None = None, model: keras.Model | None = None, task
         cls = get_block(b["type"])
         refs = b.get("inputs", [])
         if serving and cls.loss_only:
-            tensors[name] = tensors[refs[-1]]
+            tensors[name] = tensor(refs[-1])
             continue
         try:
             if cls.feature_block:
@@ -144,13 +159,13 @@ def walk(spec, stats: dict | None = None, model: keras.Model | None = None, task
                 make = lambda: cls(features=feature_descriptions(spec, stats, group), name=name,  # noqa: E731
                                    **_block_args(spec, b, cls))
             else:
-                xs = [tensors[r] for r in refs]
+                xs = [tensor(r) for r in refs]
                 x = xs[0] if len(xs) == 1 else xs
                 make = lambda: cls(name=name, **_block_args(spec, b, cls))  # noqa: E731
             tensors[name] = layer(name, make)(x)
         except (ValueError, TypeError) as e:
             raise SpecError([(f"blocks[{index[name]}]", f"{b['type']} '{name}': {e}")], spec.source) from None
-    logits = {t.name: t.head(tensors[t.input], layer) for t in wanted}
+    logits = {t.name: t.head(tensor(t.input), layer) for t in wanted}
     served: dict = {}
     for t in wanted:
         served[t.name] = t.serve(logits[t.name], served)

@@ -18,7 +18,7 @@ from pathlib import Path
 import jsonschema
 
 from kzoo.errors import SpecError
-from kzoo.graph import edges as block_edges, find_cycle, reachable
+from kzoo.graph import edges as block_edges, find_cycle, reachable, ref_block, ref_output
 from kzoo.tasks import task_class, task_types
 
 DATASETS_DIR = Path(__file__).parent / "datasets"
@@ -362,10 +362,12 @@ def check(raw: dict, source: str | None = None) -> Spec:
                 elif cls is not None and not cls.feature_block:
                     add(f"blocks[{i}].inputs[{j}]", f"{b['type']} reads block outputs, not a feature group; "
                                                     "put a FeatureEmbedding block between")
-            elif ref not in block_names:
+            elif ref_block(ref) not in block_names:
                 hint = did_you_mean(ref, list(block_names) + [f"group:{g}" for g in groups])
                 add(f"blocks[{i}].inputs[{j}]", f"'{ref}' is not a block or group{hint}")
-            elif ref == b["name"]:
+            elif (problem := _output_problem(ref, raw["blocks"][block_names[ref_block(ref)]])) is not None:
+                add(f"blocks[{i}].inputs[{j}]", problem)
+            elif ref_block(ref) == b["name"]:
                 add(f"blocks[{i}].inputs[{j}]", f"block '{ref}' reads itself")
             elif cls is not None and cls.feature_block:
                 add(f"blocks[{i}].inputs[{j}]", f"{b['type']} reads a feature group ('group:NAME'), not block '{ref}'")
@@ -391,8 +393,10 @@ def check(raw: dict, source: str | None = None) -> Spec:
         if t["name"] in task_names:
             add(f"tasks[{i}].name", f"duplicate task name '{t['name']}'")
         task_names[t["name"]] = i
-        if t["input"] not in block_names:
+        if ref_block(t["input"]) not in block_names:
             add(f"tasks[{i}].input", f"'{t['input']}' is not a block{did_you_mean(t['input'], block_names)}")
+        elif (problem := _output_problem(t["input"], raw["blocks"][block_names[ref_block(t["input"])]])) is not None:
+            add(f"tasks[{i}].input", problem)
         if t.get("gauc_by") and t["gauc_by"] not in seen:
             add(f"tasks[{i}].gauc_by", f"'{t['gauc_by']}' is not a feature of the dataset{did_you_mean(t['gauc_by'], seen)}")
         if t.get("label") and t["label"] not in labels:
@@ -409,7 +413,7 @@ def check(raw: dict, source: str | None = None) -> Spec:
     if cycle:
         add(f"blocks[{block_names[cycle[0]]}].inputs", f"cycle: {' -> '.join(cycle)}")
     elif not problems:
-        used = reachable([t["input"] for t in raw["tasks"]], edges)
+        used = reachable([ref_block(t["input"]) for t in raw["tasks"]], edges)
         for i, b in enumerate(raw["blocks"]):
             if b["name"] not in used:
                 add(f"blocks[{i}]", f"block '{b['name']}' is not used by any task or block; remove it or wire it in")
@@ -419,9 +423,32 @@ def check(raw: dict, source: str | None = None) -> Spec:
                 add(f"groups.{g}", f"group '{g}' is read by no block")
     if problems:
         raise SpecError(problems, source)
-    read = {x[6:] for b in raw["blocks"] if b["name"] in reachable([t["input"] for t in raw["tasks"]], edges)
+    read = {x[6:] for b in raw["blocks"] if b["name"] in reachable([ref_block(t["input"]) for t in raw["tasks"]], edges)
             for x in b.get("inputs", []) if x.startswith("group:")}
     return Spec(raw=raw, source=source, groups={g: groups[g] for g in groups if g in read})
+
+
+def _output_problem(ref: str, block: dict) -> str | None:
+    """What is wrong with naming `ref` ("block" or "block.output") for a block of several outputs, or None."""
+    from kzoo.blocks.registry import _REGISTRY
+
+    cls = _REGISTRY.get(block["type"])
+    if cls is None:
+        return None  # reported at the block's type
+    try:
+        names = cls.output_names(block.get("args", {}))
+    except (TypeError, ValueError):
+        return None  # bad arguments are reported at the block
+    output = ref_output(ref)
+    if names is None and output is not None:
+        return f"block '{block['name']}' ({block['type']}) has one output; name it '{block['name']}', not '{ref}'"
+    if names is not None and output is None:
+        return (f"block '{ref}' ({block['type']}) has several outputs; name one: "
+                f"{', '.join(repr(block['name'] + '.' + n) for n in names)}")
+    if names is not None and output not in names:
+        return (f"block '{block['name']}' has no output '{output}'{did_you_mean(output, names)}; "
+                f"its outputs: {names}")
+    return None
 
 
 def task_metrics(task: dict) -> list[str]:
