@@ -26,7 +26,9 @@ _NP = {"float32": np.float32, "float64": np.float64, "int32": np.int32, "int64":
 DTYPES = tuple(_NP)
 
 
-def to_float(column: pd.Series, name: str, missing_ok: bool) -> np.ndarray:
+def to_float(column: pd.Series, name: str, missing_ok: bool, what: str = "the label") -> np.ndarray:
+    """float32 values of `column`, NaN for missing; with `missing_ok` False a missing value is a
+    DataError saying `what` is missing (the label, the sample weight)."""
     if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
         values = column.to_numpy(dtype=np.float64, na_value=np.nan)
         text = None
@@ -41,7 +43,7 @@ def to_float(column: pd.Series, name: str, missing_ok: bool) -> np.ndarray:
     if not missing_ok:
         gone = np.flatnonzero(np.isnan(values))
         if len(gone):
-            raise DataError(f"column {name!r}, row {gone[0] + 1}: the label is missing "
+            raise DataError(f"column {name!r}, row {gone[0] + 1}: {what} is missing "
                             f"({len(gone)} row{'s' if len(gone) > 1 else ''} in all)")
     return values.astype(np.float32)
 

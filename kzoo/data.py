@@ -2,6 +2,8 @@
 
     load("synthetic" | "synthetic:ROWS" | "criteo:PATH" | "avazu:PATH" | FILE | DataFrame)
         -> (raw DataFrame, name of the bundled dataset schema it implies, or None)
+        (multi-task data: "census:PATH", "mmoe_synthetic:CORR[:ROWS]", "aliccp:PATH",
+        "aliexpress:PATH", read by kzoo.loaders_multitask)
     conform(frame, dataset)  -> label + feature columns, checked and cast (float32 / str)
     split(frame, seed)       -> (train, validation, test)
 
@@ -23,11 +25,13 @@ import pandas as pd
 
 from kzoo.columns import to_float, to_text  # noqa: F401  (re-exported)
 from kzoo.errors import DataError
+from kzoo.loaders_multitask import (  # noqa: F401  (re-exported)
+    mmoe_synthetic, mmoe_synthetic_argument, read_aliccp, read_aliexpress, read_census)
 from kzoo.synthetic import (  # noqa: F401  (re-exported: kdata.synthetic is the embedded default)
     CRITEO_CATEGORICAL, CRITEO_NUMERIC, SYNTHETIC_FIRST_ORDER, SYNTHETIC_NUMERIC_CROSS, SYNTHETIC_PAIRS, synthetic)
 
 CRITEO_COLUMNS = ["label", *CRITEO_NUMERIC, *CRITEO_CATEGORICAL]
-LOADERS = ("synthetic", "criteo", "avazu")
+LOADERS = ("synthetic", "criteo", "avazu", "census", "mmoe_synthetic", "aliccp", "aliexpress")
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
 
 _COMPRESSION = (".gz", ".bz2", ".zip", ".xz", ".zst")
@@ -147,11 +151,18 @@ def _suffix(path: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------- loading
 
+# NAME:PATH loaders; each implies the bundled schema kzoo/datasets/NAME.json.
+_PATH_READERS = {"criteo": read_criteo, "avazu": read_avazu, "census": read_census, "aliccp": read_aliccp,
+                 "aliexpress": read_aliexpress}
+
+
 def load(data, dataset_schema: dict | None = None) -> tuple[pd.DataFrame, str | None]:
     """Parse a `--data` argument into (frame, implied bundled dataset name or None).
 
     `synthetic` / `synthetic:ROWS` -> synthetic(), "criteo"; `criteo:PATH` -> read_criteo, "criteo";
-    `avazu:PATH` -> read_avazu, "avazu"; a .csv/.tsv/.txt/.parquet path -> read_table, None;
+    `avazu:PATH` -> read_avazu, "avazu"; `census:PATH`, `aliccp:PATH`, `aliexpress:PATH` ->
+    read_census / read_aliccp / read_aliexpress and the loader's name; `mmoe_synthetic:CORR[:ROWS]`
+    -> mmoe_synthetic(CORR, ROWS), "mmoe_synthetic"; a .csv/.tsv/.txt/.parquet path -> read_table, None;
     a DataFrame -> itself, None. A relative PATH that is not under the current directory is
     also looked for under $KZOO_DATA_DIR when that is set.
 
@@ -180,12 +191,15 @@ def _load_argument(text: str) -> tuple[pd.DataFrame, str | None]:
             except ValueError:
                 raise DataError(f"--data {text!r}: expected synthetic:ROWS with ROWS a whole number") from None
             return synthetic(rows), "criteo"
-        if name == "criteo":
-            return read_criteo(_resolve(rest)), "criteo"
-        if name == "avazu":
-            return read_avazu(_resolve(rest)), "avazu"
+        if name == "mmoe_synthetic":
+            return mmoe_synthetic_argument(text, rest), name
+        if name in _PATH_READERS:
+            return _PATH_READERS[name](_resolve(rest)), name
         raise DataError(f"--data {text!r}: unknown loader {name!r}{_did_you_mean(name, LOADERS)}; "
                         f"use one of {', '.join(LOADERS)} (as NAME:PATH) or a {'/'.join(TABLE_SUFFIXES)} file")
+    if text in LOADERS:
+        form = f"{text}:CORR[:ROWS]" if text == "mmoe_synthetic" else f"{text}:PATH"
+        raise DataError(f"--data {text!r}: the {text} loader needs its argument, as {form}")
     path = Path(text)
     if _suffix(path) not in TABLE_SUFFIXES:
         hint = _did_you_mean(text, LOADERS)
@@ -210,7 +224,8 @@ def _resolve(text: str) -> Path:
 
 # -------------------------------------------------------------------------------------------- conformance
 
-def conform(df: pd.DataFrame, dataset: dict, *, require_label: bool = True) -> pd.DataFrame:
+def conform(df: pd.DataFrame, dataset: dict, *, require_label: bool = True, weights: tuple = (),
+            labels_may_miss: tuple = ()) -> pd.DataFrame:
     """Check and cast `df` to a dataset schema; returns label columns, then features, in schema order.
 
     numeric -> float32, NaN for missing ("", NA, nan, null, none); a value that does not parse is a
@@ -221,6 +236,9 @@ def conform(df: pd.DataFrame, dataset: dict, *, require_label: bool = True) -> p
 
     require_label: bool. With False, absent label columns are left out (data to predict on).
         Defaults to `True`.
+    weights: column names read as non-negative float32 weights (sample weights): a missing,
+        non-numeric or negative value is a DataError naming the column and row.
+    labels_may_miss: label columns whose missing values stay NaN (a task masks those rows).
     """
     labels = dataset.get("label") or []
     labels = [labels] if isinstance(labels, str) else list(labels)
@@ -231,11 +249,19 @@ def conform(df: pd.DataFrame, dataset: dict, *, require_label: bool = True) -> p
     crossed = list(dict.fromkeys(crossed))
     if not require_label:
         labels = [c for c in labels if c in df.columns]
-    _check_columns(df, dataset, [*labels, *names, *crossed])
+    weights = [w for w in dict.fromkeys(weights) if w not in labels and w not in names]
+    _check_columns(df, dataset, [*labels, *names, *crossed, *weights])
 
     out = {}
     for name in labels:
-        out[name] = to_float(df[name], name, missing_ok=False)
+        out[name] = to_float(df[name], name, missing_ok=name in labels_may_miss)
+    for name in weights:
+        values = to_float(df[name], name, missing_ok=False, what="the sample weight")
+        negative = np.flatnonzero(values < 0)
+        if len(negative):
+            raise DataError(f"column {name!r}, row {negative[0] + 1}: sample weight {float(values[negative[0]])!r} is "
+                            f"negative ({len(negative)} row{'s' if len(negative) > 1 else ''} in all); weights must be >= 0")
+        out[name] = values
     for feature in features:
         name, kind = feature["name"], feature.get("type")
         if kind == "numeric":

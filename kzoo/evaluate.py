@@ -11,11 +11,12 @@ from kzoo.tasks import tasks_of
 
 
 def evaluate_frame(model, spec, pre, frame, batch_size: int = 4096) -> dict:
-    """{task: report, "examples": n}: binary tasks get AUC/logloss/ECE..., regression MSE/MAE..."""
+    """{output: report, "examples": n}: binary tasks get AUC/logloss/ECE..., regression MSE/MAE..., a
+    conditional task its joint and its conditional (on the parent's positives)."""
     served = predict_frame(model, spec, pre, frame, batch_size)
     result: dict = {}
     for task in tasks_of(spec):
-        result[task.name] = task.report(frame[task.label].to_numpy(dtype="float64"), served[task.name], frame)
+        result.update(task.report(frame, served))
     result["examples"] = int(len(frame))
     return result
 

@@ -66,7 +66,7 @@ def _export_tf(run: Path, base: Path, version: int) -> Path:
 
     def serve(raw):
         out = served(pre(raw), training=False)
-        return {name: tf.reshape(out[name], [-1]) for name in tasks}
+        return {name: tf.reshape(value, [-1]) for name, value in out.items()}
 
     archive.add_endpoint(name="serving_default", fn=serve, input_signature=[pre.signature()])
 
@@ -77,7 +77,7 @@ def _export_tf(run: Path, base: Path, version: int) -> Path:
         archive.write_out(str(tmp), verbose=False)
         write_warmup(tmp, pre)
         (tmp / "assets.extra" / "kzoo.json").write_text(json.dumps({
-            "spec": spec.name, "tasks": tasks, "dataset": spec.dataset,
+            "spec": spec.name, "tasks": tasks, "outputs": sorted(served.output_names), "dataset": spec.dataset,
             "inputs": {name: spec.dtype.name for name, spec in pre.signature().items()},
             "params": {"served": served.count_params(), "trained": model.count_params()}}, indent=2))
         os.rename(tmp, base / str(version))

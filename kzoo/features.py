@@ -16,6 +16,9 @@ import pandas as pd
 from kzoo.columns import raw_column
 
 OOV = 1  # one out-of-vocabulary id (id 0) per vocabulary lookup
+# A cross's id is keras.layers.Hashing(num_bins=hash_buckets) of its columns' values as strings
+# (ints in decimal) joined with this separator, in the order of `columns`.
+CROSS_SEPARATOR = "\x1f"
 
 
 def _log(x):
@@ -99,7 +102,10 @@ class Preprocessor:
     for vocabulary/hashed categoricals, int64 for bounded ids); it returns a dict of
     (batch, 1) tensors: float32 for numerics, int32 ids for categoricals and crosses.
     Lookups are Keras preprocessing layers (StringLookup, Hashing), which run in tf.data on
-    any backend and are tracked by ExportArchive.
+    any backend and are tracked by ExportArchive. Standardisation, bounded ids and the join
+    before a cross's Hashing are plain TensorFlow ops: bench/preprocessing.py measured
+    keras.layers.Normalization, IntegerLookup and HashedCrossing slower on batches of 4096
+    (docs/benchmarks.md); IntegerLookup and HashedCrossing would also change the ids.
     """
 
     def __init__(self, features: list[dict], stats: dict, used: list[str]):
@@ -144,7 +150,7 @@ class Preprocessor:
                 continue
             if f["type"] == "cross":
                 parts = [tf.strings.as_string(raw[c]) if raw[c].dtype != tf.string else raw[c] for c in f["columns"]]
-                value = tf.strings.join([tf.reshape(p, [-1]) for p in parts], separator="\x1f")
+                value = tf.strings.join([tf.reshape(p, [-1]) for p in parts], separator=CROSS_SEPARATOR)
                 ids = self.layers[name](value)
             elif "max_id" in f:
                 x = tf.cast(tf.reshape(raw[name], [-1]), tf.int64)

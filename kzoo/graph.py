@@ -116,14 +116,20 @@ def _block_args(spec, b: dict, cls) -> dict:
 
 
 def walk(spec, stats: dict | None = None, model: keras.Model | None = None, tasks: list[str] | None = None):
-    """One pass over the spec's graph. Returns (inputs, logits by task, served outputs by task, features read).
+    """One pass over the spec's graph. Returns (inputs, training outputs by task, served outputs by output
+    name, features read); a training walk leaves the served outputs empty, a serving walk the training ones.
 
     With `model` None, new layers are made (sized by `stats`); otherwise `model`'s trained layers
     are reused, loss-only blocks are skipped (their student input is passed on) and only the
     blocks `tasks` reach are visited.
     """
     serving = model is not None
-    wanted = [t for t in tasks_of(spec) if tasks is None or t.name in tasks]
+    all_tasks = tasks_of(spec)  # parents before the tasks `given` them
+    needed = set(tasks) if tasks is not None else {t.name for t in all_tasks}
+    for t in reversed(all_tasks):  # a served conditional task needs its parent's logit
+        if t.name in needed and t.parent is not None:
+            needed.add(t.parent.name)
+    wanted = [t for t in all_tasks if t.name in needed]
     by_name = {b["name"]: b for b in spec.blocks}
     index = {b["name"]: i for i, b in enumerate(spec.blocks)}
     graph = edges(spec.blocks)
@@ -166,11 +172,17 @@ def walk(spec, stats: dict | None = None, model: keras.Model | None = None, task
         except (ValueError, TypeError) as e:
             raise SpecError([(f"blocks[{index[name]}]", f"{b['type']} '{name}': {e}")], spec.source) from None
     logits = {t.name: t.head(tensor(t.input), layer) for t in wanted}
+    outputs: dict = {}
     served: dict = {}
     for t in wanted:
-        served[t.name] = t.serve(logits[t.name], served)
+        if serving:
+            served.update(t.serve(logits[t.name], served))
+        else:
+            outputs[t.name] = t.train_output(logits[t.name], logits, outputs)
+    if tasks is not None:  # only the asked tasks' outputs (a parent walked for its logit is not served)
+        served = {k: v for t in wanted if t.name in tasks for k, v in served.items() if k in t.output_names()}
     used = [n for n in spec.used_features() if n in read]
-    return {n: inputs[n] for n in used}, logits, served, used
+    return {n: inputs[n] for n in used}, outputs, served, used
 
 
 def build(spec, stats: dict | None = None) -> keras.Model:
@@ -179,9 +191,9 @@ def build(spec, stats: dict | None = None) -> keras.Model:
     `stats` (kzoo.features.fit_stats) sizes the vocabularies; without it the graph is built with
     placeholder sizes, which is enough to check shapes.
     """
-    inputs, logits, _, _ = walk(spec, stats)
+    inputs, outputs, _, _ = walk(spec, stats)
     try:
-        return keras.Model(inputs, logits, name=spec.name)
+        return keras.Model(inputs, outputs, name=spec.name)
     except ValueError as e:
         raise SpecError([("blocks", f"the graph does not form a model: {e}")], spec.source) from None
 
@@ -193,8 +205,8 @@ def check_build(spec) -> None:
 
 def serving_model(spec, model: keras.Model, tasks: list[str] | None = None) -> tuple[keras.Model, list[str]]:
     """The inference graph of `tasks` (default: the spec's `export.tasks`, else all) over the
-    trained layers of `model`: served outputs (probabilities, values) by task. Returns the model
-    and the features it reads."""
+    trained layers of `model`: served outputs (probabilities, values) by output name (a task's name;
+    a conditional task adds its conditional probability). Returns the model and the features it reads."""
     tasks = tasks or export_tasks(spec)
     inputs, _, served, used = walk(spec, model=model, tasks=tasks)
     return keras.Model(inputs, served, name=f"{spec.name}_serving"), used

@@ -98,3 +98,22 @@ def make_loss(spec_loss, default: str = "bce") -> keras.losses.Loss:
     if cfg["type"] not in LOSSES:
         raise ValueError(f"unknown loss {cfg['type']!r}; known: {sorted(LOSSES)}")
     return LOSSES[cfg["type"]][0](cfg)
+
+
+def log1mexp(x):
+    """log(1 - exp(x)) for x < 0, accurate at both ends (Mächler 2012)."""
+    x = ops.minimum(x, -1e-7)
+    return ops.where(x > -0.6931472, ops.log(-ops.expm1(x)), ops.log1p(-ops.exp(x)))
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class LogProbBCE(LogitLoss):
+    """BCE on a log-probability: -(y·lp + (1-y)·log(1 - e^lp)). The loss of a conditional task
+    (kzoo.tasks, `given`), whose output is log P(a) + log P(b | a) = log P(a, b): the joint label is
+    learned over every impression without forming the product of probabilities."""
+
+    def __init__(self, name="bce_joint", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def per_example(self, y, z):
+        return -(y * ops.minimum(z, 0.0) + (1 - y) * log1mexp(z))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from kzoo import data as kdata
 from kzoo.features import Preprocessor, fit_stats, raw_arrays
 from kzoo.spec import Spec, load_spec
+from kzoo.tasks import tasks_of
 
 DEFAULT_BATCH = 512
 
@@ -30,7 +31,16 @@ def load_for(spec: Spec, data, require_label: bool = True) -> tuple[Spec, object
     """
     frame, dataset_name = kdata.load(data)
     spec = on_dataset(spec, dataset_name)
-    return spec, kdata.conform(frame, spec.dataset, require_label=require_label)
+    return spec, conform_for(spec, frame, require_label)
+
+
+def conform_for(spec: Spec, frame, require_label: bool = True):
+    """`frame` conformed to the spec's dataset, with the columns its tasks read (sample weights,
+    masks) and missing labels kept where a task masks them."""
+    tasks = tasks_of(spec)
+    return kdata.conform(frame, spec.dataset, require_label=require_label,
+                         weights=tuple(c for t in tasks for c in t.columns()),
+                         labels_may_miss=tuple(t.label for t in tasks if t.config.get("missing_label") == "mask"))
 
 
 def on_dataset(spec: Spec, dataset_name: str | None) -> Spec:
@@ -48,20 +58,30 @@ def split_frames(spec: Spec, frame):
                        test=split.get("test", 0.1))
 
 
-def labels_of(frame, spec: Spec) -> dict:
-    """{task: (n, 1) float32 labels} from the frame's label columns."""
-    return {t["name"]: frame[spec.task_label(t)].to_numpy(dtype="float32").reshape(-1, 1) for t in spec.tasks}
+def labels_of(frame, spec: Spec) -> tuple[dict, dict | None]:
+    """({task: (n, 1) float32 labels}, {task: (n,) row weights} or None when no task weighs rows)."""
+    tasks = tasks_of(spec)
+    labels = {t.name: t.labels(frame) for t in tasks}
+    if not any(t.weighted for t in tasks):
+        return labels, None
+    seed = int(spec.train.get("seed", 0))
+    return labels, {t.name: t.sample_weights(frame, seed) for t in tasks}
 
 
 def make_dataset(frame, spec: Spec, pre: Preprocessor, batch_size: int, with_labels: bool = True):
-    """Batches of model inputs (and {task: label} when `with_labels`); preprocessing runs in
-    tf.data, then is cached."""
+    """Batches of model inputs (and {task: label}, plus {task: weight} when a task weighs rows, with
+    `with_labels`); preprocessing runs in tf.data, then is cached."""
     import tensorflow as tf
 
     x = raw_arrays(frame, pre.raw)
     if with_labels:
-        ds = tf.data.Dataset.from_tensor_slices((x, labels_of(frame, spec)))
-        ds = ds.batch(batch_size).map(lambda a, b: (pre(a), b), num_parallel_calls=tf.data.AUTOTUNE)
+        labels, weights = labels_of(frame, spec)
+        if weights is None:
+            ds = tf.data.Dataset.from_tensor_slices((x, labels))
+            ds = ds.batch(batch_size).map(lambda a, b: (pre(a), b), num_parallel_calls=tf.data.AUTOTUNE)
+        else:
+            ds = tf.data.Dataset.from_tensor_slices((x, labels, weights))
+            ds = ds.batch(batch_size).map(lambda a, b, w: (pre(a), b, w), num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = tf.data.Dataset.from_tensor_slices(x).batch(batch_size).map(pre, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.cache().prefetch(tf.data.AUTOTUNE)

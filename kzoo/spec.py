@@ -389,7 +389,7 @@ def check(raw: dict, source: str | None = None) -> Spec:
     edges = block_edges(raw["blocks"])
     task_names: dict[str, int] = {}
     for i, t in enumerate(raw["tasks"]):
-        problems.extend(task_class(t.get("type", "binary")).problems(t, f"tasks[{i}]"))
+        problems.extend(task_class(t.get("type", "binary"), t).problems(t, f"tasks[{i}]"))
         if t["name"] in task_names:
             add(f"tasks[{i}].name", f"duplicate task name '{t['name']}'")
         task_names[t["name"]] = i
@@ -401,6 +401,20 @@ def check(raw: dict, source: str | None = None) -> Spec:
             add(f"tasks[{i}].gauc_by", f"'{t['gauc_by']}' is not a feature of the dataset{did_you_mean(t['gauc_by'], seen)}")
         if t.get("label") and t["label"] not in labels:
             add(f"tasks[{i}].label", f"'{t['label']}' is not a label column of the dataset (labels: {labels})")
+    for i, t in enumerate(raw["tasks"]):
+        given = t.get("given")
+        if given is None:
+            continue
+        if given == t["name"]:
+            add(f"tasks[{i}].given", f"task '{given}' cannot be given itself")
+        elif given not in task_names:
+            add(f"tasks[{i}].given", f"'{given}' is not a task{did_you_mean(given, task_names)}")
+        elif raw["tasks"][task_names[given]].get("type", "binary") != "binary":
+            add(f"tasks[{i}].given", f"'{given}' is not a binary task; a task can only be conditional on a probability")
+    chain = find_cycle({t["name"]: [t["given"]] for t in raw["tasks"] if t.get("given") in task_names
+                        and t.get("given") != t["name"]})
+    if chain:
+        add(f"tasks[{task_names[chain[0]]}].given", f"the `given` chain is a cycle: {' -> '.join(chain)}")
     for i, name in enumerate(raw.get("export", {}).get("tasks", [])):
         if name not in task_names:
             add(f"export.tasks[{i}]", f"'{name}' is not a task{did_you_mean(name, task_names)}")

@@ -2,23 +2,31 @@
 
 The graph of blocks produces representations (the backbone); a task turns one into
 
-    head(x)          -> the logit (or raw value): Dense(1), or the block itself when it is 1 wide
-    loss()           -> a Keras loss on that logit (kzoo.losses.LOSSES), default per type
-    metrics()        -> Keras metrics logged during fit (`METRICS`), on the logit
-    serve(logit, ..) -> what the export and `kzoo predict` return: a probability, a value
-    report(y, out, frame) -> the held-out numbers in metrics.json (kzoo.metrics, NumPy)
+    head(x)              -> the logit (or raw value): Dense(1), or the block itself when it is 1 wide
+    train_output(..)     -> what the training model outputs for the task (the logit; a conditional
+                            task's log P(a, b))
+    loss(), metrics()    -> a Keras loss on that output (kzoo.losses.LOSSES) and the metrics logged
+    serve(logit, served) -> {output name: tensor} the export and `kzoo predict` return
+    labels(frame), sample_weights(frame)  -> the task's label column and per-row weights (sample
+                            weight column x label mask x negative downsampling), for tf.data
+    report(frame, served) -> metrics.json's entries (kzoo.metrics, NumPy)
 
-A new task type (in-batch softmax retrieval, KL to a teacher, a chain P(b|a)) is one more
-subclass registered with `@register_task`; the graph builder and the trainer only talk to
-this interface.
+Task types: `binary`, `regression`, and a `binary` task with `"given": "<task>"` (a conditional
+task, ESMM's chain: it learns P(b | a) and serves P(a)·P(b | a)). A new type (in-batch softmax
+retrieval, KL to a teacher) is one more subclass registered with `@register_task`; the graph
+builder and the trainer only talk to this interface.
 """
 
 from __future__ import annotations
 
 import keras
 
+import math
+
+import numpy as np
+
 from kzoo import metrics as kmetrics
-from kzoo.losses import LOSSES, loss_config, make_loss
+from kzoo.losses import LOSSES, LogProbBCE, loss_config, make_loss
 
 _TASKS: dict[str, type] = {}
 
@@ -33,14 +41,33 @@ def task_types() -> dict[str, type]:
     return dict(_TASKS)
 
 
-# Metric name -> factory(from_logits) of a Keras metric. One table for every task type; a task
-# type lists the names it accepts.
+@keras.saving.register_keras_serializable(package="kzoo")
+class AUCOfLogProb(keras.metrics.AUC):
+    """AUC of a model output that is a log-probability (a conditional task's joint)."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(y_true, keras.ops.exp(y_pred), sample_weight)
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class LoglossOfLogProb(keras.metrics.BinaryCrossentropy):
+    """Logloss of a model output that is a log-probability (a conditional task's joint)."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(y_true, keras.ops.exp(y_pred), sample_weight)
+
+
+# Metric name -> factory(space) of a Keras metric, where `space` says what the model output is:
+# "logit", "log_prob" (a conditional task's joint) or "value" (regression). One table for every
+# task type; a task type lists the names it accepts.
 METRICS = {
-    "auc": lambda logits: keras.metrics.AUC(name="auc", num_thresholds=1000, from_logits=logits),
-    "logloss": lambda logits: keras.metrics.BinaryCrossentropy(name="logloss", from_logits=logits),
-    "mae": lambda logits: keras.metrics.MeanAbsoluteError(name="mae"),
-    "mse": lambda logits: keras.metrics.MeanSquaredError(name="mse"),
-    "rmse": lambda logits: keras.metrics.RootMeanSquaredError(name="rmse"),
+    "auc": lambda space: (AUCOfLogProb(name="auc", num_thresholds=1000) if space == "log_prob" else
+                          keras.metrics.AUC(name="auc", num_thresholds=1000, from_logits=space == "logit")),
+    "logloss": lambda space: (LoglossOfLogProb(name="logloss") if space == "log_prob" else
+                              keras.metrics.BinaryCrossentropy(name="logloss", from_logits=space == "logit")),
+    "mae": lambda space: keras.metrics.MeanAbsoluteError(name="mae"),
+    "mse": lambda space: keras.metrics.MeanSquaredError(name="mse"),
+    "rmse": lambda space: keras.metrics.RootMeanSquaredError(name="rmse"),
 }
 
 
@@ -61,7 +88,6 @@ class Task:
     default_metrics: tuple[str, ...] = ()
     metrics_allowed: tuple[str, ...] = ()
     activation = "linear"
-    groups_for_gauc = False
 
     def __init__(self, config: dict, label: str):
         self.config = config
@@ -69,6 +95,17 @@ class Task:
         self.input: str = config["input"]
         self.label = label
         self.weight = float(config.get("loss_weight", 1.0))
+        self.parent: Task | None = None  # the task a conditional task is `given`
+
+    @property
+    def weighted(self) -> bool:
+        """Whether rows carry weights other than 1 (sample weights, a label mask, downsampling)."""
+        return any(k in self.config for k in ("sample_weight", "mask_by", "negative_sampling")) or \
+            self.config.get("missing_label") == "mask"
+
+    def columns(self) -> list[str]:
+        """Data columns besides labels and features this task reads (sample weight, mask)."""
+        return [self.config[k] for k in ("sample_weight", "mask_by") if k in self.config]
 
     # ------------------------------------------------------------------ spec checks
     @classmethod
@@ -79,8 +116,11 @@ class Task:
         if kind not in cls.losses:
             path = f"{where}.loss" + (".type" if isinstance(config.get("loss"), dict) else "")
             out.append((path, f"a {cls.kind} task takes loss {' | '.join(cls.losses)}, not '{kind}'"))
-        if "gauc_by" in config and not cls.groups_for_gauc:
-            out.append((f"{where}.gauc_by", f"GAUC applies to binary tasks, not to a {cls.kind} task"))
+        for key in ("gauc_by", "given", "negative_sampling", "conditional_name"):
+            if key in config and cls.kind != "binary":
+                out.append((f"{where}.{key}", f"'{key}' applies to binary tasks, not to a {cls.kind} task"))
+        if "conditional_name" in config and "given" not in config:
+            out.append((f"{where}.conditional_name", "'conditional_name' names the output of a task with `given`"))
         for i, m in enumerate(config.get("metrics", [])):
             if m not in cls.metrics_allowed:
                 out.append((f"{where}.metrics[{i}]", f"a {cls.kind} task logs {' | '.join(cls.metrics_allowed)}, "
@@ -104,11 +144,19 @@ class Task:
         return layer(f"{self.name}_head", lambda: keras.layers.Activation(
             "linear", dtype="float32", name=f"{self.name}_head"))(x)
 
-    def serve(self, logit, served: dict):
-        """The served output (export signature, `kzoo predict`) from the logit. `served` holds the
-        outputs of the tasks before this one (a conditional task builds on them). Only
-        parameter-free layers here: the serving graph is made after training."""
-        return keras.layers.Activation(self.activation, dtype="float32", name=self.name)(logit)
+    def train_output(self, logit, logits: dict, outputs: dict):
+        """What the training model outputs for this task (its loss and metrics read it). `logits`
+        and `outputs` hold those of the tasks before it."""
+        return logit
+
+    def serve(self, logit, served: dict) -> dict:
+        """{output name: tensor} served (export signature, `kzoo predict`) from the logit. `served`
+        holds the outputs of the tasks before this one. Only parameter-free layers here: the
+        serving graph is made after training."""
+        return {self.name: keras.layers.Activation(self.activation, dtype="float32", name=self.name)(logit)}
+
+    def output_names(self) -> list[str]:
+        return [self.name]
 
     # ------------------------------------------------------------------ training
     def loss(self) -> keras.losses.Loss:
@@ -117,12 +165,44 @@ class Task:
     def metric_names(self) -> list[str]:
         return self.metric_names_of(self.config)
 
+    output_space = "logit"
+
     def metrics(self) -> list:
-        return [METRICS[m](True) for m in self.metric_names()]
+        return [METRICS[m](self.output_space) for m in self.metric_names()]
+
+    # ------------------------------------------------------------------ data
+    def labels(self, frame) -> np.ndarray:
+        """(n, 1) float32 labels; a masked row's missing label becomes 0 (its weight is 0)."""
+        y = frame[self.label].to_numpy(dtype="float32")
+        return np.nan_to_num(y, nan=0.0).reshape(-1, 1)
+
+    def sample_weights(self, frame, seed: int = 0) -> np.ndarray:
+        """(n,) float32 row weights: the `sample_weight` column, times 0 where `mask_by` is 0 or
+        (with `missing_label: "mask"`) the label is missing, times the downsampling keep mask."""
+        n = len(frame)
+        w = frame[self.config["sample_weight"]].to_numpy(dtype="float32") if "sample_weight" in self.config \
+            else np.ones(n, "float32")
+        if "mask_by" in self.config:
+            w = w * (frame[self.config["mask_by"]].to_numpy(dtype="float32") != 0)
+        if self.config.get("missing_label") == "mask":
+            w = w * ~np.isnan(frame[self.label].to_numpy(dtype="float32"))
+        rate = self.config.get("negative_sampling")
+        if rate is not None and rate < 1:
+            # Per-task downsampling of negatives as a 0/1 mask: the other tasks keep those rows.
+            keep = np.random.default_rng([seed, sum(map(ord, self.name))]).random(n) < rate
+            w = w * (keep | (self.labels(frame).reshape(-1) != 0))
+        return w.astype("float32")
+
+    def rows(self, frame) -> np.ndarray:
+        """Boolean mask of the rows this task is evaluated on (label present, not masked)."""
+        keep = ~np.isnan(frame[self.label].to_numpy(dtype="float64"))
+        if "mask_by" in self.config:
+            keep &= frame[self.config["mask_by"]].to_numpy(dtype="float64") != 0
+        return keep
 
     # ------------------------------------------------------------------ evaluation
-    def report(self, y, served, frame=None) -> dict:
-        """metrics.json's entry for this task: labels `y`, served outputs, the conformed data frame."""
+    def report(self, frame, served: dict) -> dict:
+        """{output name: metrics} for metrics.json, on the rows this task has labels for."""
         raise NotImplementedError
 
 
@@ -136,13 +216,23 @@ class BinaryTask(Task):
     default_metrics = ("auc", "logloss")
     metrics_allowed = ("auc", "logloss")
     activation = "sigmoid"
-    groups_for_gauc = True
 
-    def report(self, y, served, frame=None) -> dict:
+    def serve(self, logit, served: dict) -> dict:
+        """The probability; with `negative_sampling` r the score is corrected to the full population,
+        p / (p + (1 - p) / r), which is sigmoid(logit + log r)."""
+        rate = self.config.get("negative_sampling")
+        if rate is not None and rate < 1:
+            logit = keras.layers.Rescaling(1.0, offset=math.log(rate), dtype="float32",
+                                           name=f"{self.name}_sampling_correction")(logit)
+        return super().serve(logit, served)
+
+    def report(self, frame, served: dict) -> dict:
         """AUC, logloss, ECE, mean prediction and label; GAUC grouped by `gauc_by` when the task names it."""
+        rows = self.rows(frame)
         column = self.config.get("gauc_by")
-        groups = frame[column].to_numpy() if column and frame is not None else None
-        return kmetrics.binary_report(y, served, groups=groups)
+        groups = frame[column].to_numpy()[rows] if column else None
+        y = frame[self.label].to_numpy(dtype="float64")[rows]
+        return {self.name: kmetrics.binary_report(y, served[self.name][rows], groups=groups)}
 
 
 @register_task
@@ -156,22 +246,97 @@ class RegressionTask(Task):
     metrics_allowed = ("mae", "mse", "rmse")
     activation = "linear"
 
-    def metrics(self) -> list:
-        return [METRICS[m](False) for m in self.metric_names()]
+    output_space = "value"
 
-    def report(self, y, served, frame=None) -> dict:
-        return kmetrics.regression_report(y, served)
+    def report(self, frame, served: dict) -> dict:
+        rows = self.rows(frame)
+        return {self.name: kmetrics.regression_report(frame[self.label].to_numpy(dtype="float64")[rows],
+                                                      served[self.name][rows])}
 
 
-def task_class(kind: str) -> type:
+class ConditionalTask(BinaryTask):
+    """A binary task `given` another (ESMM, Ma et al. SIGIR 2018; Pinterest MTMD's GCTR given CTR).
+
+    Its head learns z_b = logit P(b | a). It is trained on the *joint* label over every impression:
+    the training output is log P(a, b) = log σ(z_a) + log σ(z_b) (z_a the parent's logit; for a
+    parent that is itself conditional, its own log-joint), with BCE on that log-probability. It
+    serves the joint P(a)·P(b | a) under its name and the conditional P(b | a) under
+    `conditional_name` (default `<task>_given_<parent>`). Chains of any depth work.
+    """
+
+    losses = ("bce",)
+    output_space = "log_prob"
+
+    @classmethod
+    def problems(cls, config: dict, where: str) -> list[tuple[str, str]]:
+        out = super().problems(config, where)
+        if "negative_sampling" in config:
+            out.append((f"{where}.negative_sampling", "a conditional task (`given`) is trained on the joint "
+                                                      "label of every impression; downsample its parent instead"))
+        return out
+
+    @property
+    def conditional_name(self) -> str:
+        return self.config.get("conditional_name") or f"{self.name}_given_{self.config['given']}"
+
+    def output_names(self) -> list[str]:
+        return [self.name, self.conditional_name]
+
+    def loss(self):
+        return LogProbBCE()
+
+    def train_output(self, logit, logits: dict, outputs: dict):
+        parent = self.parent
+        if isinstance(parent, ConditionalTask):
+            parent_log = outputs[parent.name]
+        else:
+            parent_log = keras.layers.Activation("log_sigmoid", dtype="float32",
+                                                 name=f"{self.name}_parent_log_prob")(logits[parent.name])
+        own = keras.layers.Activation("log_sigmoid", dtype="float32", name=f"{self.name}_log_prob")(logit)
+        return keras.layers.Add(dtype="float32", name=f"{self.name}_log_joint")([parent_log, own])
+
+    def serve(self, logit, served: dict) -> dict:
+        conditional = keras.layers.Activation("sigmoid", dtype="float32", name=self.conditional_name)(logit)
+        joint = keras.layers.Multiply(dtype="float32", name=self.name)([served[self.parent.name], conditional])
+        return {self.name: joint, self.conditional_name: conditional}
+
+    def report(self, frame, served: dict) -> dict:
+        """The joint on every labelled impression; the conditional on the rows where the parent's
+        label is 1 (e.g. CVR on clicks, as ESMM reports it)."""
+        out = super().report(frame, served)
+        given = self.rows(frame) & (frame[self.parent.label].to_numpy(dtype="float64") == 1)
+        y = frame[self.label].to_numpy(dtype="float64")[given]
+        if 0 < y.sum() < len(y):
+            out[self.conditional_name] = kmetrics.binary_report(y, served[self.conditional_name][given])
+        return out
+
+
+def task_class(kind: str, config: dict | None = None) -> type:
     if kind not in _TASKS:
         raise ValueError(f"unknown task type {kind!r}; known: {sorted(_TASKS)}")
+    if config is not None and config.get("given") and kind == "binary":
+        return ConditionalTask
     return _TASKS[kind]
 
 
 def tasks_of(spec) -> list[Task]:
-    """The Task objects of a checked Spec, in spec order."""
-    return [task_class(t.get("type", "binary"))(t, spec.task_label(t)) for t in spec.tasks]
+    """The Task objects of a checked Spec, parents before the tasks `given` them (else spec order)."""
+    tasks = [task_class(t.get("type", "binary"), t)(t, spec.task_label(t)) for t in spec.tasks]
+    by_name = {t.name: t for t in tasks}
+    for t in tasks:
+        if t.config.get("given"):
+            t.parent = by_name[t.config["given"]]
+    ordered: list[Task] = []
+
+    def visit(t):
+        if t not in ordered:
+            if t.parent is not None:
+                visit(t.parent)
+            ordered.append(t)
+
+    for t in tasks:
+        visit(t)
+    return ordered
 
 
 assert all(set(cls.losses) <= set(LOSSES) for cls in _TASKS.values())

@@ -36,10 +36,14 @@ def compile(model: keras.Model, spec) -> keras.Model:  # noqa: A001  (mirrors ke
     metrics; the spec's optimizer (and `embedding_optimizer`, schedule). Returns the model."""
     spec = load_spec(spec)
     tasks = tasks_of(spec)
+    metrics = {t.name: t.metrics() for t in tasks}
+    # With row weights (sample weights, label masks, downsampling) the metrics are weighted too, so
+    # a masked row counts in neither a task's loss nor its metrics.
+    weighted = any(t.weighted for t in tasks)
     model.compile(optimizer=make_model_optimizer(model, spec.train),
                   loss={t.name: t.loss() for t in tasks},
                   loss_weights={t.name: t.weight for t in tasks},
-                  metrics={t.name: t.metrics() for t in tasks})
+                  metrics=None if weighted else metrics, weighted_metrics=metrics if weighted else None)
     return model
 
 

@@ -65,3 +65,40 @@ def test_hashing_bounded_ids_and_crosses():
     assert list(out["i"]) == [0, 3, 4, 4, 1]  # 9 is out of range and "" missing: both -> max_id + 1
     assert ((0 <= out["x"]) & (out["x"] < 11)).all()
     assert out["x"][1] == out["x"][4]  # (v, q) twice
+
+
+CROSS3 = [
+    {"name": "u", "type": "categorical"},
+    {"name": "v", "type": "categorical", "hash_buckets": 50},
+    {"name": "w", "type": "categorical", "max_id": 1000},
+    {"name": "uvw", "type": "cross", "columns": ["u", "v", "w"], "hash_buckets": 100_003},
+]
+
+
+def test_hashed_cross_uses_every_column():
+    import keras
+
+    rng = np.random.default_rng(0)
+    base = pd.DataFrame({"u": [f"u{i}" for i in rng.integers(0, 10**6, 200)],
+                         "v": [f"v{i}" for i in rng.integers(0, 10**6, 200)],
+                         "w": rng.integers(0, 1000, 200)})
+    pre = Preprocessor(CROSS3, fit_stats(CROSS3, base), ["uvw"])
+    assert [f["name"] for f in pre.raw] == ["u", "v", "w"]
+    hashing = keras.layers.Hashing(num_bins=100_003)
+
+    def expected(frame):
+        # The documented cross: Hashing of the values as strings (ints in decimal) joined with
+        # "\x1f" in `columns` order. Trained models depend on these ids, so the join is spelled out.
+        joined = ["\x1f".join(str(value) for value in row) for row in frame[["u", "v", "w"]].itertuples(index=False)]
+        return np.asarray(hashing(np.array(joined, dtype=object))).reshape(-1)
+
+    def cross(frame):
+        return np.asarray(pre(raw_arrays(frame, pre.raw))["uvw"])[:, 0]
+
+    ids = cross(base)
+    np.testing.assert_array_equal(ids, expected(base))
+    for column, values in {"u": base["u"] + "'", "v": base["v"] + "'", "w": (base["w"] + 1) % 1001}.items():
+        frame = base.assign(**{column: values})  # only this column changes
+        changed = cross(frame)
+        np.testing.assert_array_equal(changed, expected(frame))
+        assert np.mean(changed != ids) > 0.9, f"the cross id ignores column {column}"
