@@ -121,6 +121,15 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_diagnose(args) -> int:
+    from kzoo.diagnose import diagnose, table
+
+    report = diagnose(args.run, args.data, rows=args.rows)
+    print(table(report))
+    print(f"\nwrote {Path(args.run) / 'diagnose.json'} and {Path(args.run) / 'diagnose.png'}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kzoo", description="Keras 3 recommender model zoo: JSON specs -> "
                                 "trained models -> TF Serving SavedModels.")
@@ -154,6 +163,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--data")
     s.set_defaults(fn=cmd_evaluate)
 
+    s = sub.add_parser("diagnose", help="multi-task health: gate weights per expert, gate entropy, per-task "
+                       "gradient norms and cosines at the shared parameters, with flags; a heatmap PNG")
+    s.add_argument("run")
+    s.add_argument("--data", help="rows to look at (default: the run's validation split)")
+    s.add_argument("--rows", type=int, default=2048, help="how many rows (default 2048)")
+    s.set_defaults(fn=cmd_diagnose)
+
     s = sub.add_parser("export", help="SavedModel for TF Serving at BASE/VERSION")
     s.add_argument("run")
     s.add_argument("--out", required=True, metavar="BASE")
@@ -174,7 +190,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from kzoo.errors import DataError, SpecError
 
-    if args.command in ("train", "evaluate", "export", "predict"):
+    if args.command in ("train", "evaluate", "export", "predict", "diagnose"):
         from kzoo import _quiet
 
         _quiet.import_tensorflow()  # the data pipeline uses tf.data on every backend

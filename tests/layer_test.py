@@ -4,6 +4,9 @@ Checks a block: config round-trip through JSON by value (the spec *is* the confi
 of losses one eager call adds, eager and symbolic calls in a functional model, a `.keras`
 save/load giving the same numbers, one call under a mixed-precision policy, and one training
 step that changes the trainable weights.
+
+A block of several outputs (MMoE: {task: tensor}) is checked output by output; in the
+functional model its outputs are flattened and concatenated into the one Dense head.
 """
 
 from __future__ import annotations
@@ -35,6 +38,27 @@ def _symbolic_inputs(data):
     return keras.Input(shape=data.shape[1:], dtype=str(data.dtype))
 
 
+def _outputs(out) -> dict:
+    """A layer's output(s) by name: a dict as it is, a single output as {None: output}."""
+    return dict(out) if isinstance(out, dict) else {None: out}
+
+
+def _expected_shapes(expected_output_shape, names) -> dict:
+    """{output name: shape}: a dict of shapes as given, one shape for every output otherwise."""
+    if isinstance(expected_output_shape, dict):
+        return {k: tuple(v) for k, v in expected_output_shape.items()}
+    return {k: tuple(expected_output_shape) for k in names}
+
+
+def _check_shapes(cls, got: dict, expected: dict, batch: bool = True):
+    assert set(got) == set(expected), (
+        f"{cls.__name__} outputs {sorted(got, key=str)}, expected {sorted(expected, key=str)}")
+    for k, v in got.items():
+        shape = tuple(v.shape) if batch else tuple(v.shape[1:])
+        want = expected[k] if batch else expected[k][1:]
+        assert shape == want, (shape, want) if k is None else (k, shape, want)
+
+
 def _batch_size(data) -> int:
     if isinstance(data, dict):
         return len(next(iter(data.values())))
@@ -55,7 +79,7 @@ def _check_config(cls, layer, init_kwargs):
     return config, clone
 
 
-def _check_mixed_precision(cls, config, weights, input_data, eager, expected_output_shape, expected_num_losses):
+def _check_mixed_precision(cls, config, weights, input_data, eager: dict, expected: dict, expected_num_losses):
     """A layer built from the config under a mixed policy (float32 variables, low-precision
     compute) gives finite outputs of the right shape, close to the float32 ones."""
     previous = keras.config.dtype_policy()
@@ -69,30 +93,37 @@ def _check_mixed_precision(cls, config, weights, input_data, eager, expected_out
         mixed.set_weights(weights)
         out = mixed(input_data)
         assert len(mixed.losses) == expected_num_losses, (len(mixed.losses), expected_num_losses)
-        got = _numpy(out)
-        assert got.shape == tuple(expected_output_shape), (got.shape, expected_output_shape)
-        assert np.all(np.isfinite(got)), f"{cls.__name__} under {MIXED_POLICY}: non-finite output"
-        # bfloat16 keeps 8 significant bits: a loose bound, but it catches a dropped term or a
-        # variable created in the compute dtype.
-        scale = 1.0 + float(np.max(np.abs(eager)))
-        assert float(np.max(np.abs(got - eager))) <= 0.1 * scale, (
-            f"{cls.__name__} under {MIXED_POLICY} is far from float32: max diff {np.max(np.abs(got - eager))}")
+        got = {k: _numpy(v) for k, v in _outputs(out).items()}
+        _check_shapes(cls, got, expected)
+        for k, value in got.items():
+            assert np.all(np.isfinite(value)), f"{cls.__name__} under {MIXED_POLICY}: non-finite output {k}"
+            # bfloat16 keeps 8 significant bits: a loose bound, but it catches a dropped term or a
+            # variable created in the compute dtype.
+            scale = 1.0 + float(np.max(np.abs(eager[k])))
+            assert float(np.max(np.abs(value - eager[k]))) <= 0.1 * scale, (
+                f"{cls.__name__} under {MIXED_POLICY} is far from float32 (output {k}): "
+                f"max diff {np.max(np.abs(value - eager[k]))}")
     finally:
         keras.config.set_dtype_policy(previous)
 
 
-def run_layer_test(cls, init_kwargs: dict, input_data, expected_output_shape: tuple, train: bool = True,
+def run_layer_test(cls, init_kwargs: dict, input_data, expected_output_shape: tuple | dict, train: bool = True,
                    expected_num_losses: int = 0, mixed_precision: bool = True):
-    """Returns the eager output (NumPy) for further numeric checks.
+    """Returns the eager output (NumPy; a dict of them for a block of several outputs) for further
+    numeric checks.
 
+    `expected_output_shape`: the output's shape; for a block returning {name: tensor}, a dict
+    {name: shape} (or one shape that every output has).
     `expected_num_losses`: how many losses (add_loss and weight regularisers) one eager call
     of the layer leaves in `layer.losses`.
     """
     layer = cls(**init_kwargs)
     out = layer(input_data)
-    eager = _numpy(out)
-    assert eager.shape == tuple(expected_output_shape), (eager.shape, expected_output_shape)
-    assert np.all(np.isfinite(eager))
+    several = isinstance(out, dict)
+    eager = {k: _numpy(v) for k, v in _outputs(out).items()}
+    expected = _expected_shapes(expected_output_shape, eager)
+    _check_shapes(cls, eager, expected)
+    assert all(np.all(np.isfinite(v)) for v in eager.values())
     losses = layer.losses
     assert len(losses) == expected_num_losses, (
         f"{cls.__name__} added {len(losses)} losses in one call, expected {expected_num_losses}")
@@ -106,19 +137,21 @@ def run_layer_test(cls, init_kwargs: dict, input_data, expected_output_shape: tu
     config, clone = _check_config(cls, layer, init_kwargs)
     clone(input_data)
     clone.set_weights(layer.get_weights())
-    np.testing.assert_allclose(_numpy(clone(input_data)), eager, rtol=1e-5, atol=1e-6)
+    cloned = _outputs(clone(input_data))
+    for k in eager:
+        np.testing.assert_allclose(_numpy(cloned[k]), eager[k], rtol=1e-5, atol=1e-6, err_msg=str(k))
     assert len(clone.losses) == expected_num_losses
 
     if mixed_precision:
-        _check_mixed_precision(cls, config, layer.get_weights(), input_data, eager, expected_output_shape,
-                               expected_num_losses)
+        _check_mixed_precision(cls, config, layer.get_weights(), input_data, eager, expected, expected_num_losses)
 
     # Inside a functional model; saved and reloaded as .keras.
     inputs = _symbolic_inputs(input_data)
     fresh = cls.from_config(config)
-    out = fresh(inputs)
-    assert tuple(out.shape[1:]) == tuple(expected_output_shape[1:]), (out.shape, expected_output_shape)
-    head = keras.layers.Dense(1)(keras.layers.Flatten()(out) if len(out.shape) > 2 else out)
+    outs = _outputs(fresh(inputs))
+    _check_shapes(cls, outs, expected, batch=False)
+    flat = [keras.layers.Flatten()(o) if len(o.shape) > 2 else o for o in outs.values()]
+    head = keras.layers.Dense(1)(flat[0] if len(flat) == 1 else keras.layers.Concatenate()(flat))
     model = keras.Model(inputs, head)
     before = model.predict(input_data, verbose=0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,4 +169,4 @@ def run_layer_test(cls, init_kwargs: dict, input_data, expected_output_shape: tu
         model.fit(input_data, y, epochs=1, batch_size=n, verbose=0)
         changed = [not np.allclose(a, np.array(b)) for a, b in zip(w0, fresh.trainable_weights)]
         assert any(changed), f"{cls.__name__}: one training step changed no weight"
-    return eager
+    return eager if several else eager[None]

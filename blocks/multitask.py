@@ -1,0 +1,475 @@
+"""Multi-task blocks: SharedBottom, MMoE, PLE and CGC. Each returns {task: representation}.
+
+A spec wires one output per task tower or head as "block.task", e.g. `"input": "mmoe.ctr"`;
+the three share `output_names` (their `tasks`), so a spec swaps one for another by its type.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from kzoo.blocks.base import Block, check_fraction, check_positive_int, flat_width, flatten_2d
+from kzoo.blocks.core import MLP
+from kzoo.blocks.registry import register_block
+
+ENTROPY_DIRECTIONS = ("balanced", "sparse")
+
+
+def _check_tasks(tasks) -> list[str]:
+    if tasks is None:
+        raise ValueError('`tasks` is required: the list of output names, e.g. ["ctr", "cvr"]')
+    if not isinstance(tasks, (list, tuple)) or not tasks:
+        raise ValueError(f'`tasks` must be a non-empty list of output names, e.g. ["ctr", "cvr"], received {tasks!r}')
+    for t in tasks:
+        if not isinstance(t, str) or not t:
+            raise ValueError(f"`tasks` must hold non-empty strings, received {tasks!r}")
+    duplicates = sorted({t for t in tasks if list(tasks).count(t) > 1})
+    if duplicates:
+        raise ValueError(f"`tasks` names {duplicates} more than once, received {tasks!r}")
+    return list(tasks)
+
+
+def _check_units(name: str, units, allow_none: bool = False) -> None:
+    if units is None and allow_none:
+        return
+    if not isinstance(units, (list, tuple)) or not units:
+        hint = " (null for a linear gate)" if allow_none else ""
+        raise ValueError(f"`{name}` must be a non-empty list of positive ints{hint}, received {units!r}")
+    for u in units:
+        if not isinstance(u, int) or isinstance(u, bool) or u <= 0:
+            raise ValueError(f"`{name}` must be a list of positive ints, received {units!r}")
+
+
+def _check_gating(task_embedding_dim, entropy_weight, entropy_direction, dropout) -> None:
+    if not isinstance(task_embedding_dim, int) or isinstance(task_embedding_dim, bool) or task_embedding_dim < 0:
+        raise ValueError(f"`task_embedding_dim` must be an integer >= 0, received {task_embedding_dim!r}")
+    if not isinstance(entropy_weight, (int, float)) or isinstance(entropy_weight, bool) or entropy_weight < 0:
+        raise ValueError(f"`entropy_weight` must be a number >= 0, received {entropy_weight!r}")
+    if entropy_direction not in ENTROPY_DIRECTIONS:
+        raise ValueError(f"`entropy_direction` must be 'balanced' or 'sparse', received {entropy_direction!r}")
+    check_fraction("dropout", dropout)
+
+
+def _mix(logits, experts):
+    """sum_i softmax(logits)_i · experts[:, i]: (batch, n), (batch, n, units) -> (batch, units)."""
+    return ops.sum(ops.expand_dims(ops.softmax(logits, axis=-1), -1) * experts, axis=1)
+
+
+class Gate(keras.layers.Layer):
+    """A gate's logits over `experts` experts: W [x; e] + b, through hidden ReLU layers `units` if
+    given; e is the gate's learned task embedding (left out when `task_embedding_dim` is 0)."""
+
+    def __init__(self, experts: int, units: list | None = None, task_embedding_dim: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.task_embedding_dim = task_embedding_dim
+        self.hidden = MLP(units, name="hidden", dtype=self.dtype_policy) if units else None
+        self.logits = keras.layers.Dense(experts, name="logits", dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        width = input_shape[-1] + self.task_embedding_dim
+        if self.task_embedding_dim:
+            self.task_embedding = self.add_weight(name="task_embedding", shape=(self.task_embedding_dim,),
+                                                  initializer=keras.initializers.RandomNormal(stddev=0.05))
+        if self.hidden is not None:
+            self.hidden.build((None, width))
+            width = self.hidden.units[-1]
+        self.logits.build((None, width))
+
+    def call(self, x):
+        if self.task_embedding_dim:
+            e = ops.cast(self.task_embedding, x.dtype)
+            x = ops.concatenate([x, ops.ones_like(x[:, :1]) * e], axis=-1)
+        return self.logits(self.hidden(x) if self.hidden is not None else x)
+
+
+class MultiTaskBlock(Block):
+    """Base of the multi-task blocks: one output per name in `tasks`, the gate-entropy penalty."""
+
+    @classmethod
+    def output_names(cls, args: dict) -> list[str]:
+        return _check_tasks(args.get("tasks") if isinstance(args, dict) else None)
+
+    def _experts(self, name: str, count: int) -> list:
+        return [MLP(self.expert_units, dropout=self.dropout, name=f"{name}_{i}", dtype=self.dtype_policy)
+                for i in range(count)]
+
+    def _stack(self, experts: list, x, training=None):
+        """(batch, len(experts), units); dropout also after each expert's last layer."""
+        out = ops.stack([e(x, training=training) for e in experts], axis=1)
+        return self.expert_dropout(out, training=training) if self.expert_dropout is not None else out
+
+    def _add_entropy_loss(self, logits: list) -> None:
+        """∓ entropy_weight · mean over the batch and the gates of H(g) = -sum_i g_i log g_i."""
+        if not self.entropy_weight:
+            return
+        entropies = []
+        for z in logits:
+            z = ops.cast(z, "float32")  # log of bfloat16 probabilities would be coarse
+            entropies.append(ops.mean(-ops.sum(ops.softmax(z, axis=-1) * ops.log_softmax(z, axis=-1), axis=-1)))
+        sign = -1.0 if self.entropy_direction == "balanced" else 1.0
+        self.add_loss(sign * self.entropy_weight * ops.mean(ops.stack(entropies)))
+
+    def compute_output_shape(self, input_shape):
+        return {t: (input_shape[0], self.width) for t in self.tasks}
+
+
+@register_block()
+class SharedBottom(MultiTaskBlock):
+    """Shared-bottom multi-task: one MLP whose output is every task's input.
+
+        h = MLP(x),   out_k = h   for every task k
+
+    The baseline the gated blocks improve on; it returns the same {task: tensor} outputs as
+    MMoE, so a spec swaps one for the other by changing the block's type. Dropout follows every
+    layer, the last included (as MMoE's experts). Inputs of rank > 2 are flattened.
+
+    Args:
+        tasks: list of str. Output names, e.g. `["ctr", "cvr"]`; a spec reads "block.ctr".
+        units: list of int. Widths of the shared MLP's layers.
+        activation: str. Keras activation of every layer. Defaults to `"relu"`.
+        dropout: float. Dropout rate after each layer. Defaults to `0.0`.
+
+    Example:
+    ```python
+    SharedBottom(tasks=["ctr", "cvr"], units=[16, 8])(np.ones((2, 4, 3)))["cvr"].shape  # (2, 8)
+    ```
+
+    Reference: R. Caruana. "Multitask Learning." Machine Learning 28, 1997.
+    """
+
+    def __init__(self, tasks: list, units: list, activation: str = "relu", dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.tasks = _check_tasks(tasks)
+        _check_units("units", units)
+        try:
+            keras.activations.get(activation)
+        except (ValueError, TypeError):
+            raise ValueError(f"`activation` must be a Keras activation name, received {activation!r}") from None
+        check_fraction("dropout", dropout)
+        self.units = list(units)
+        self.activation = activation
+        self.dropout = float(dropout)
+        self.width = self.units[-1]
+        self.bottom = MLP(self.units, activation=activation, dropout=self.dropout, name="bottom",
+                          dtype=self.dtype_policy)
+        self.expert_dropout = keras.layers.Dropout(self.dropout, name="dropout") if self.dropout else None
+
+    def build(self, input_shape):
+        self.bottom.build((None, flat_width(input_shape)))
+
+    def call(self, inputs, training=None):
+        h = self.bottom(flatten_2d(inputs), training=training)
+        if self.expert_dropout is not None:
+            h = self.expert_dropout(h, training=training)
+        return {t: h for t in self.tasks}
+
+    def get_config(self):
+        return {**super().get_config(), "tasks": self.tasks, "units": self.units, "activation": self.activation,
+                "dropout": self.dropout}
+
+
+@register_block()
+class MMoE(MultiTaskBlock):
+    """Multi-gate Mixture-of-Experts: shared experts, one softmax gate per task.
+
+    With experts f_1..f_n (each an MLP with ReLU layers `expert_units`) and, per task k, a gate
+
+        g_k(x) = softmax(W_k x + b_k)                   (linear gate, `gate_units` null)
+        g_k(x) = softmax(W_k MLP_k(x) + b_k)            (ReLU hidden layers `gate_units`)
+        g_k(x) = softmax(W_k [x; e_k] + b_k)            (task-conditioned, `task_embedding_dim` > 0)
+
+    task k's output is  out_k = sum_i g_k,i(x) · f_i(x),  shape (batch, expert_units[-1]).
+    e_k is a learned vector of size `task_embedding_dim` for task k (with `gate_units`, the gate
+    MLP reads [x; e_k]). As every task has its own W_k, W_k [x; e_k] = W_k,x x + W_k,e e_k: e_k
+    reparametrises the first layer's bias; it does not widen what a gate can express.
+    Inputs of rank > 2 are flattened.
+
+    With `entropy_weight` w > 0 the block adds a loss on the gates' entropy
+    H(g) = -sum_i g_i log g_i, averaged over the batch and the tasks:
+    `"balanced"` adds -w · mean H (rewards using the experts evenly; counters the collapse of
+    every gate onto one expert), `"sparse"` adds +w · mean H (rewards gates that pick few experts).
+
+    `gates(x)` gives {task: (batch, experts)} gate weights, `expert_outputs(x)` the experts'
+    outputs (batch, experts, units), for an input `x` of the block.
+
+    Args:
+        tasks: list of str. Output names, one gate each, e.g. `["ctr", "cvr"]`; a spec reads "block.ctr".
+        experts: int. Number of shared experts.
+        expert_units: list of int. Widths of each expert's layers.
+        gate_units: list of int or None. Hidden ReLU layers of each gate; None for a linear
+            gate. Defaults to None.
+        task_embedding_dim: int. Size of the task embedding e_k each gate also reads; 0 for
+            none. Defaults to `0`.
+        entropy_weight: float. Weight w of the gate-entropy loss; 0 for none. Defaults to `0.0`.
+        entropy_direction: str. `"balanced"` (-w · mean entropy) or `"sparse"` (+w · mean
+            entropy). Defaults to `"balanced"`.
+        dropout: float. Dropout rate after each expert layer, the last included. Defaults to `0.0`.
+
+    Example:
+    ```python
+    mmoe = MMoE(tasks=["ctr", "cvr"], experts=4, expert_units=[16])
+    mmoe(np.ones((2, 4, 3)))["ctr"].shape  # (2, 16)
+    mmoe.gates(np.ones((2, 4, 3)))["cvr"].shape  # (2, 4)
+    ```
+
+    Reference: J. Ma, Z. Zhao, X. Yi, J. Chen, L. Hong, E. H. Chi. "Modeling Task Relationships
+    in Multi-task Learning with Multi-gate Mixture-of-Experts." KDD 2018.
+    https://doi.org/10.1145/3219819.3220007
+    """
+
+    def __init__(self, tasks: list, experts: int, expert_units: list, gate_units: list | None = None,
+                 task_embedding_dim: int = 0, entropy_weight: float = 0.0, entropy_direction: str = "balanced",
+                 dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.tasks = _check_tasks(tasks)
+        check_positive_int("experts", experts)
+        _check_units("expert_units", expert_units)
+        _check_units("gate_units", gate_units, allow_none=True)
+        _check_gating(task_embedding_dim, entropy_weight, entropy_direction, dropout)
+        self.num_experts = experts
+        self.expert_units = list(expert_units)
+        self.gate_units = list(gate_units) if gate_units is not None else None
+        self.task_embedding_dim = task_embedding_dim
+        self.entropy_weight = float(entropy_weight)
+        self.entropy_direction = entropy_direction
+        self.dropout = float(dropout)
+        self.width = self.expert_units[-1]
+        self.experts = self._experts("expert", experts)
+        # gate_k serves tasks[k] (layer names cannot hold every task name, e.g. one with a "/").
+        self.task_gates = [Gate(experts, self.gate_units, task_embedding_dim, name=f"gate_{k}",
+                                dtype=self.dtype_policy) for k in range(len(self.tasks))]
+        self.expert_dropout = keras.layers.Dropout(self.dropout, name="dropout") if self.dropout else None
+
+    def build(self, input_shape):
+        shape = (None, flat_width(input_shape))
+        for layer in self.experts + self.task_gates:
+            layer.build(shape)
+
+    def call(self, inputs, training=None):
+        x = flatten_2d(inputs)
+        experts = self._stack(self.experts, x, training)
+        logits = [gate(x) for gate in self.task_gates]
+        self._add_entropy_loss(logits)
+        return {t: _mix(z, experts) for t, z in zip(self.tasks, logits)}
+
+    def _input(self, x):
+        x = ops.convert_to_tensor(x)
+        if not self.built:
+            self.build(tuple(x.shape))
+        return flatten_2d(ops.cast(x, self.compute_dtype))
+
+    def gates(self, x) -> dict:
+        """{task: (batch, experts) softmax gate weights} for the block's input `x`."""
+        x = self._input(x)
+        return {t: ops.softmax(gate(x), axis=-1) for t, gate in zip(self.tasks, self.task_gates)}
+
+    def expert_outputs(self, x):
+        """(batch, experts, expert_units[-1]): every expert's output for the block's input `x`."""
+        return self._stack(self.experts, self._input(x), training=False)
+
+    def get_config(self):
+        return {**super().get_config(), "tasks": self.tasks, "experts": self.num_experts,
+                "expert_units": self.expert_units, "gate_units": self.gate_units,
+                "task_embedding_dim": self.task_embedding_dim, "entropy_weight": self.entropy_weight,
+                "entropy_direction": self.entropy_direction, "dropout": self.dropout}
+
+
+class ExtractionLevel(keras.layers.Layer):
+    """One PLE level (a CGC): `task_experts` experts per task, `shared_experts` shared ones, a
+    gate per task over its own experts then the shared ones and, with `shared_gate`, a gate over
+    every expert (task 0's, task 1's, ..., then the shared ones) giving the next shared input."""
+
+    def __init__(self, block: "PLE", shared_gate: bool, **kwargs):
+        super().__init__(**kwargs)
+        n_tasks, own, shared = len(block.tasks), block.task_experts, block.shared_experts
+        self.own_count = own
+        self.task_expert_layers = [e for k in range(n_tasks) for e in block._experts(f"task_{k}_expert", own)]
+        self.shared_expert_layers = block._experts("shared_expert", shared)
+        self.task_gates = [Gate(own + shared, block.gate_units, block.task_embedding_dim, name=f"task_gate_{k}",
+                                dtype=block.dtype_policy) for k in range(n_tasks)]
+        self.shared_gate = (Gate(n_tasks * own + shared, block.gate_units, name="shared_gate",
+                                 dtype=block.dtype_policy) if shared_gate else None)
+
+    def build(self, input_shape):
+        for layer in self.task_expert_layers + self.shared_expert_layers + self.task_gates + [self.shared_gate]:
+            if layer is not None:
+                layer.build(input_shape)
+
+    def own_experts(self, k: int) -> list:
+        return self.task_expert_layers[k * self.own_count:(k + 1) * self.own_count]
+
+
+@register_block()
+class PLE(MultiTaskBlock):
+    """Progressive Layered Extraction: `levels` stacked CGC levels of task and shared experts.
+
+    At level l, task k has `task_experts` experts of its own, E_k, and all tasks share
+    `shared_experts` experts, S (each an MLP with ReLU layers `expert_units`). With x_k the
+    task-k input and x_s the shared input (both the block's input at level 1):
+
+        y_k = sum_i g_k,i(x_k) · [E_k(x_k); S(x_s)]_i                  g_k over E_k then S
+        y_s = sum_i g_s,i(x_s) · [E_1(x_1); ...; E_K(x_K); S(x_s)]_i   (every level but the last)
+
+    and level l+1 reads x_k = y_k, x_s = y_s. The outputs are the last level's y_k, shape
+    (batch, expert_units[-1]). Gates are as in MMoE: softmax(W x + b), through ReLU layers
+    `gate_units` if given; with `task_embedding_dim` > 0 task k's gate reads [x_k; e_k]
+    (one e_k per level; the shared gate has none). Inputs of rank > 2 are flattened.
+
+    The entropy loss (see MMoE) averages over the batch and every gate of every level, shared
+    gates included. `gates(x)` gives the last level's task gates, {task: (batch, task_experts
+    + shared_experts)}, columns in the order task experts then shared experts;
+    `expert_outputs(x)` the experts those gates mix, {task: (batch, task_experts +
+    shared_experts, units)}.
+
+    Args:
+        tasks: list of str. Output names, e.g. `["ctr", "cvr"]`; a spec reads "block.ctr".
+        shared_experts: int. Shared experts per level.
+        task_experts: int. Experts of each task per level.
+        expert_units: list of int. Widths of each expert's layers.
+        levels: int. Number of extraction levels. Defaults to `2`.
+        gate_units: list of int or None. As in MMoE. Defaults to None.
+        task_embedding_dim: int. As in MMoE. Defaults to `0`.
+        entropy_weight: float. As in MMoE. Defaults to `0.0`.
+        entropy_direction: str. As in MMoE. Defaults to `"balanced"`.
+        dropout: float. As in MMoE. Defaults to `0.0`.
+
+    Example:
+    ```python
+    PLE(tasks=["ctr", "cvr"], shared_experts=2, task_experts=1, expert_units=[8])(np.ones((2, 6)))["ctr"].shape
+    # (2, 8)
+    ```
+
+    Reference: H. Tang, J. Liu, M. Zhao, X. Gong. "Progressive Layered Extraction (PLE): A Novel
+    Multi-Task Learning (MTL) Model for Personalized Recommendations." RecSys 2020.
+    https://doi.org/10.1145/3383313.3412236
+    """
+
+    def __init__(self, tasks: list, shared_experts: int, task_experts: int, expert_units: list, levels: int = 2,
+                 gate_units: list | None = None, task_embedding_dim: int = 0, entropy_weight: float = 0.0,
+                 entropy_direction: str = "balanced", dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.tasks = _check_tasks(tasks)
+        check_positive_int("shared_experts", shared_experts)
+        check_positive_int("task_experts", task_experts)
+        _check_units("expert_units", expert_units)
+        check_positive_int("levels", levels)
+        _check_units("gate_units", gate_units, allow_none=True)
+        _check_gating(task_embedding_dim, entropy_weight, entropy_direction, dropout)
+        self.shared_experts = shared_experts
+        self.task_experts = task_experts
+        self.expert_units = list(expert_units)
+        self.levels = levels
+        self.gate_units = list(gate_units) if gate_units is not None else None
+        self.task_embedding_dim = task_embedding_dim
+        self.entropy_weight = float(entropy_weight)
+        self.entropy_direction = entropy_direction
+        self.dropout = float(dropout)
+        self.width = self.expert_units[-1]
+        self.extraction = [ExtractionLevel(self, shared_gate=l < levels - 1, name=f"level_{l}",
+                                           dtype=self.dtype_policy) for l in range(levels)]
+        self.expert_dropout = keras.layers.Dropout(self.dropout, name="dropout") if self.dropout else None
+
+    def build(self, input_shape):
+        shape = (None, flat_width(input_shape))
+        for level in self.extraction:
+            level.build(shape)
+            shape = (None, self.width)
+
+    def _level(self, level, task_inputs, shared_input, training=None):
+        """One level: (task outputs, shared output or None, the gates' logits)."""
+        shared = self._stack(level.shared_expert_layers, shared_input, training)
+        own = [self._stack(level.own_experts(k), x, training) for k, x in enumerate(task_inputs)]
+        logits = [gate(x) for gate, x in zip(level.task_gates, task_inputs)]
+        outputs = [_mix(z, ops.concatenate([e, shared], axis=1)) for z, e in zip(logits, own)]
+        shared_output = None
+        if level.shared_gate is not None:
+            logits.append(level.shared_gate(shared_input))
+            shared_output = _mix(logits[-1], ops.concatenate(own + [shared], axis=1))
+        return outputs, shared_output, logits
+
+    def _last_level_inputs(self, x, training=None):
+        """The block's input through every level but the last: (task inputs, shared input, logits)."""
+        x = flatten_2d(x)
+        task_inputs, shared_input, logits = [x] * len(self.tasks), x, []
+        for level in self.extraction[:-1]:
+            task_inputs, shared_input, level_logits = self._level(level, task_inputs, shared_input, training)
+            logits += level_logits
+        return task_inputs, shared_input, logits
+
+    def call(self, inputs, training=None):
+        task_inputs, shared_input, logits = self._last_level_inputs(inputs, training)
+        outputs, _, last_logits = self._level(self.extraction[-1], task_inputs, shared_input, training)
+        self._add_entropy_loss(logits + last_logits)
+        return dict(zip(self.tasks, outputs))
+
+    def _input(self, x):
+        x = ops.convert_to_tensor(x)
+        if not self.built:
+            self.build(tuple(x.shape))
+        return self._last_level_inputs(ops.cast(x, self.compute_dtype), training=False)
+
+    def gates(self, x) -> dict:
+        """{task: (batch, task_experts + shared_experts)}: the last level's task gates for the
+        block's input `x`; columns are the task's own experts, then the shared ones."""
+        task_inputs, _, _ = self._input(x)
+        last = self.extraction[-1]
+        return {t: ops.softmax(gate(xk), axis=-1) for t, gate, xk in zip(self.tasks, last.task_gates, task_inputs)}
+
+    def expert_outputs(self, x) -> dict:
+        """{task: (batch, task_experts + shared_experts, units)}: what the last level's task-k gate mixes."""
+        task_inputs, shared_input, _ = self._input(x)
+        last = self.extraction[-1]
+        shared = self._stack(last.shared_expert_layers, shared_input, training=False)
+        return {t: ops.concatenate([self._stack(last.own_experts(k), xk, training=False), shared], axis=1)
+                for k, (t, xk) in enumerate(zip(self.tasks, task_inputs))}
+
+    def get_config(self):
+        return {**super().get_config(), "tasks": self.tasks, "shared_experts": self.shared_experts,
+                "task_experts": self.task_experts, "expert_units": self.expert_units, "levels": self.levels,
+                "gate_units": self.gate_units, "task_embedding_dim": self.task_embedding_dim,
+                "entropy_weight": self.entropy_weight, "entropy_direction": self.entropy_direction,
+                "dropout": self.dropout}
+
+
+@register_block()
+class CGC(PLE):
+    """Customized Gate Control: one PLE level, task experts and shared experts, no shared gate.
+
+        y_k = sum_i g_k,i(x) · [E_k(x); S(x)]_i,   g_k over task k's experts then the shared ones
+
+    PLE with `levels` fixed at 1 (see PLE for the gates, the entropy loss, `gates(x)` and
+    `expert_outputs(x)`); its config has no `levels`.
+
+    Args:
+        tasks: list of str. Output names, e.g. `["ctr", "cvr"]`; a spec reads "block.ctr".
+        shared_experts: int. Number of shared experts.
+        task_experts: int. Experts of each task.
+        expert_units: list of int. Widths of each expert's layers.
+        gate_units: list of int or None. As in MMoE. Defaults to None.
+        task_embedding_dim: int. As in MMoE. Defaults to `0`.
+        entropy_weight: float. As in MMoE. Defaults to `0.0`.
+        entropy_direction: str. As in MMoE. Defaults to `"balanced"`.
+        dropout: float. As in MMoE. Defaults to `0.0`.
+
+    Example:
+    ```python
+    CGC(tasks=["ctr", "cvr"], shared_experts=1, task_experts=1, expert_units=[8])(np.ones((2, 6)))["cvr"].shape
+    # (2, 8)
+    ```
+
+    Reference: H. Tang, J. Liu, M. Zhao, X. Gong. "Progressive Layered Extraction (PLE)." RecSys 2020, §4.2.
+    https://doi.org/10.1145/3383313.3412236
+    """
+
+    def __init__(self, tasks: list, shared_experts: int, task_experts: int, expert_units: list,
+                 gate_units: list | None = None, task_embedding_dim: int = 0, entropy_weight: float = 0.0,
+                 entropy_direction: str = "balanced", dropout: float = 0.0, **kwargs):
+        super().__init__(tasks, shared_experts, task_experts, expert_units, levels=1, gate_units=gate_units,
+                         task_embedding_dim=task_embedding_dim, entropy_weight=entropy_weight,
+                         entropy_direction=entropy_direction, dropout=dropout, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["levels"]
+        return config
