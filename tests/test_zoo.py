@@ -12,6 +12,7 @@ import kzoo
 from kzoo import data as kdata
 from kzoo import zoo_configs
 from kzoo.graph import export_tasks, serving_model
+from kzoo.tasks import tasks_of
 from tests.tf_only import serve_fresh
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +46,20 @@ def zoo_data(spec, data_dir):
         if not path.is_file():
             pytest.skip(f"real Census-Income slice not present at {path}")
         return kdata.load(f"census:{path}")[0].iloc[:4000].reset_index(drop=True)
+    if name == "aliccp":
+        # The real Ali-CCP sample is 200 rows (INDEX.md: schema and loader tests only, too small to
+        # learn): tiled to 4,000 rows it checks that the chain trains and serves; that the ESMM chain
+        # *learns* is tested on a synthetic funnel in tests/test_multitask.py.
+        folder = data_dir / "multitask_ctr_samples"
+        parts = [folder / f"ali_ccp_{p}_sample.csv" for p in ("train", "val", "test")]
+        if not all(p.is_file() for p in parts):
+            pytest.skip(f"Ali-CCP samples not present in {folder}")
+        frame = pd.concat([kdata.load(f"aliccp:{p}")[0] for p in parts], ignore_index=True)
+        return pd.concat([frame] * (4000 // len(frame) + 1), ignore_index=True).iloc[:4000]
     raise AssertionError(f"zoo config {spec.name} trains on {name!r}: add its test data here")
+
+
+LEARNS = {"criteo", "census"}  # datasets the zoo test has enough real signal in to demand learning
 
 
 @pytest.mark.parametrize("name", ZOO)
@@ -61,7 +75,7 @@ def test_zoo_config_learns_exports_and_serves_the_same_numbers(name, tmp_path, b
     # Learning, not luck: each task's test AUC (400 rows) above 0.5 by more than three null
     # standard deviations.
     test = kdata.split(kdata.conform(frame, spec.dataset), seed=0)[2]
-    for task in spec.tasks:
+    for task in spec.tasks if spec.dataset.get("name") in LEARNS else []:
         y = test[spec.task_label(task)].to_numpy()
         assert metrics[task["name"]]["examples"] == len(y)
         assert metrics[task["name"]]["auc"] > 0.5 + chance_band(y), (task["name"], metrics[task["name"]])
@@ -72,7 +86,8 @@ def test_zoo_config_learns_exports_and_serves_the_same_numbers(name, tmp_path, b
     rows = kdata.conform(frame.iloc[-64:].reset_index(drop=True), spec.dataset)
     expected = kzoo.predict(run, rows)
     served = serve_fresh(version, rows, tmp_path)["outputs"]
-    assert set(served) == set(export_tasks(spec)) == set(expected.columns)
+    outputs = {o for t in tasks_of(spec) if t.name in export_tasks(spec) for o in t.output_names()}
+    assert set(served) == outputs == set(expected.columns)
     for output in served:
         np.testing.assert_allclose(np.array(served[output]), expected[output].to_numpy(), atol=1e-5)
 
