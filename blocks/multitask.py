@@ -57,30 +57,74 @@ def _mix(logits, experts):
 
 
 class Gate(keras.layers.Layer):
-    """A gate's logits over `experts` experts: W [x; e] + b, through hidden ReLU layers `units` if
-    given; e is the gate's learned task embedding (left out when `task_embedding_dim` is 0)."""
+    """A gate's logits over `experts` experts: W x + b, through hidden ReLU layers `units` if given."""
 
-    def __init__(self, experts: int, units: list | None = None, task_embedding_dim: int = 0, **kwargs):
+    def __init__(self, experts: int, units: list | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.task_embedding_dim = task_embedding_dim
         self.hidden = MLP(units, name="hidden", dtype=self.dtype_policy) if units else None
         self.logits = keras.layers.Dense(experts, name="logits", dtype=self.dtype_policy)
 
-    def build(self, input_shape):
-        width = input_shape[-1] + self.task_embedding_dim
-        if self.task_embedding_dim:
-            self.task_embedding = self.add_weight(name="task_embedding", shape=(self.task_embedding_dim,),
-                                                  initializer=keras.initializers.RandomNormal(stddev=0.05))
+    def _build_network(self, width: int) -> None:
         if self.hidden is not None:
             self.hidden.build((None, width))
             width = self.hidden.units[-1]
         self.logits.build((None, width))
 
-    def call(self, x):
-        if self.task_embedding_dim:
-            e = ops.cast(self.task_embedding, x.dtype)
-            x = ops.concatenate([x, ops.ones_like(x[:, :1]) * e], axis=-1)
+    def build(self, input_shape):
+        self._build_network(input_shape[-1])
+
+    def _network(self, x):
         return self.logits(self.hidden(x) if self.hidden is not None else x)
+
+    def call(self, x):
+        return self._network(x)
+
+
+class TaskConditionedGate(Gate):
+    """ONE gate network G shared by `tasks` tasks, told apart by a learned task embedding:
+    task k's logits are G([x_k; e_k]), e_k row k of the (tasks, task_embedding_dim) table
+    `task_embeddings`; G is W z + b, through hidden ReLU layers `units` if given.
+
+    Called on a list of `tasks` inputs (task k's input x_k, all of one width), it returns the
+    list of their logits. Its parameters do not grow with the number of tasks, the table aside."""
+
+    def __init__(self, experts: int, tasks: int, task_embedding_dim: int, units: list | None = None, **kwargs):
+        super().__init__(experts, units, **kwargs)
+        self.num_tasks = tasks
+        self.task_embedding_dim = task_embedding_dim
+
+    def build(self, input_shape):
+        if isinstance(input_shape, (list, tuple)) and input_shape and isinstance(input_shape[0], (list, tuple)):
+            input_shape = input_shape[0]  # one shape per task, all of one width
+        self.task_embeddings = self.add_weight(name="task_embeddings",
+                                               shape=(self.num_tasks, self.task_embedding_dim),
+                                               initializer=keras.initializers.RandomNormal(stddev=0.05))
+        self._build_network(input_shape[-1] + self.task_embedding_dim)
+
+    def call(self, inputs):
+        table = ops.cast(self.task_embeddings, inputs[0].dtype)
+        return [self._network(ops.concatenate([x, ops.ones_like(x[:, :1]) * table[k]], axis=-1))
+                for k, x in enumerate(inputs)]
+
+
+def _task_gates(block, experts: int, per_task_name: str):
+    """(shared task-conditioned gate or None, per-task gates or []) for `block`'s tasks: one
+    TaskConditionedGate "task_gate" when `task_embedding_dim` > 0, else one Gate per task
+    named per_task_name.format(k) (layer names cannot hold every task name, e.g. one with a "/")."""
+    n = len(block.tasks)
+    if block.task_embedding_dim:
+        return TaskConditionedGate(experts, n, block.task_embedding_dim, block.gate_units, name="task_gate",
+                                   dtype=block.dtype_policy), []
+    return None, [Gate(experts, block.gate_units, name=per_task_name.format(k), dtype=block.dtype_policy)
+                  for k in range(n)]
+
+
+def _task_logits(task_gate, per_task_gates: list, task_inputs: list) -> list:
+    """Every task's gate logits, task k's from its input task_inputs[k]: by the one
+    task-conditioned `task_gate` if there is one, else by task k's own gate."""
+    if task_gate is not None:
+        return task_gate(list(task_inputs))
+    return [gate(x) for gate, x in zip(per_task_gates, task_inputs)]
 
 
 class MultiTaskBlock(Block):
@@ -177,12 +221,16 @@ class MMoE(MultiTaskBlock):
 
         g_k(x) = softmax(W_k x + b_k)                   (linear gate, `gate_units` null)
         g_k(x) = softmax(W_k MLP_k(x) + b_k)            (ReLU hidden layers `gate_units`)
-        g_k(x) = softmax(W_k [x; e_k] + b_k)            (task-conditioned, `task_embedding_dim` > 0)
+        g_k(x) = softmax(G([x; e_k]))                   (task-conditioned, `task_embedding_dim` > 0)
 
     task k's output is  out_k = sum_i g_k,i(x) · f_i(x),  shape (batch, expert_units[-1]).
-    e_k is a learned vector of size `task_embedding_dim` for task k (with `gate_units`, the gate
-    MLP reads [x; e_k]). As every task has its own W_k, W_k [x; e_k] = W_k,x x + W_k,e e_k: e_k
-    reparametrises the first layer's bias; it does not widen what a gate can express.
+    Task-conditioned gating replaces the per-task gates by ONE gate network G shared by every
+    task, G(z) = W z + b (or W MLP(z) + b with `gate_units`), which tells the tasks apart by
+    e_k, row k of a learned (tasks, `task_embedding_dim`) table. The gate's parameters are
+    shared across tasks (their number does not grow with the tasks, the table aside) and the
+    embedding is what conditions it: tasks with equal embeddings get equal gates. (A task
+    embedding fed to a gate of the task's own would add nothing: W_k [x; e_k] = W_k,x x +
+    W_k,e e_k, a learned bias.) With `task_embedding_dim` 0 each task has its own gate, as above.
     Inputs of rank > 2 are flattened.
 
     With `entropy_weight` w > 0 the block adds a loss on the gates' entropy
@@ -197,10 +245,10 @@ class MMoE(MultiTaskBlock):
         tasks: list of str. Output names, one gate each, e.g. `["ctr", "cvr"]`; a spec reads "block.ctr".
         experts: int. Number of shared experts.
         expert_units: list of int. Widths of each expert's layers.
-        gate_units: list of int or None. Hidden ReLU layers of each gate; None for a linear
-            gate. Defaults to None.
-        task_embedding_dim: int. Size of the task embedding e_k each gate also reads; 0 for
-            none. Defaults to `0`.
+        gate_units: list of int or None. Hidden ReLU layers of each gate (of the shared gate
+            network G when task-conditioned); None for a linear gate. Defaults to None.
+        task_embedding_dim: int. Size of the task embeddings e_k of the one shared,
+            task-conditioned gate network; 0 for one gate per task. Defaults to `0`.
         entropy_weight: float. Weight w of the gate-entropy loss; 0 for none. Defaults to `0.0`.
         entropy_direction: str. `"balanced"` (-w · mean entropy) or `"sparse"` (+w · mean
             entropy). Defaults to `"balanced"`.
@@ -236,20 +284,20 @@ class MMoE(MultiTaskBlock):
         self.dropout = float(dropout)
         self.width = self.expert_units[-1]
         self.experts = self._experts("expert", experts)
-        # gate_k serves tasks[k] (layer names cannot hold every task name, e.g. one with a "/").
-        self.task_gates = [Gate(experts, self.gate_units, task_embedding_dim, name=f"gate_{k}",
-                                dtype=self.dtype_policy) for k in range(len(self.tasks))]
+        # One gate network "task_gate" shared by the tasks (task_embedding_dim > 0), else gate_k for tasks[k].
+        self.task_gate, self.task_gates = _task_gates(self, experts, "gate_{}")
         self.expert_dropout = keras.layers.Dropout(self.dropout, name="dropout") if self.dropout else None
 
     def build(self, input_shape):
         shape = (None, flat_width(input_shape))
-        for layer in self.experts + self.task_gates:
-            layer.build(shape)
+        for layer in self.experts + self.task_gates + [self.task_gate]:
+            if layer is not None:
+                layer.build(shape)
 
     def call(self, inputs, training=None):
         x = flatten_2d(inputs)
         experts = self._stack(self.experts, x, training)
-        logits = [gate(x) for gate in self.task_gates]
+        logits = _task_logits(self.task_gate, self.task_gates, [x] * len(self.tasks))
         self._add_entropy_loss(logits)
         return {t: _mix(z, experts) for t, z in zip(self.tasks, logits)}
 
@@ -261,8 +309,8 @@ class MMoE(MultiTaskBlock):
 
     def gates(self, x) -> dict:
         """{task: (batch, experts) softmax gate weights} for the block's input `x`."""
-        x = self._input(x)
-        return {t: ops.softmax(gate(x), axis=-1) for t, gate in zip(self.tasks, self.task_gates)}
+        logits = _task_logits(self.task_gate, self.task_gates, [self._input(x)] * len(self.tasks))
+        return {t: ops.softmax(z, axis=-1) for t, z in zip(self.tasks, logits)}
 
     def expert_outputs(self, x):
         """(batch, experts, expert_units[-1]): every expert's output for the block's input `x`."""
@@ -277,8 +325,10 @@ class MMoE(MultiTaskBlock):
 
 class ExtractionLevel(keras.layers.Layer):
     """One PLE level (a CGC): `task_experts` experts per task, `shared_experts` shared ones, a
-    gate per task over its own experts then the shared ones and, with `shared_gate`, a gate over
-    every expert (task 0's, task 1's, ..., then the shared ones) giving the next shared input."""
+    gate per task over its own experts then the shared ones (with `task_embedding_dim` > 0 one
+    task-conditioned network "task_gate" for every task, else "task_gate_k" for task k) and, with
+    `shared_gate`, a gate over every expert (task 0's, task 1's, ..., then the shared ones)
+    giving the next shared input."""
 
     def __init__(self, block: "PLE", shared_gate: bool, **kwargs):
         super().__init__(**kwargs)
@@ -286,15 +336,20 @@ class ExtractionLevel(keras.layers.Layer):
         self.own_count = own
         self.task_expert_layers = [e for k in range(n_tasks) for e in block._experts(f"task_{k}_expert", own)]
         self.shared_expert_layers = block._experts("shared_expert", shared)
-        self.task_gates = [Gate(own + shared, block.gate_units, block.task_embedding_dim, name=f"task_gate_{k}",
-                                dtype=block.dtype_policy) for k in range(n_tasks)]
+        # Every task gate mixes own + shared experts, so with task_embedding_dim > 0 one network serves them all.
+        self.task_gate, self.task_gates = _task_gates(block, own + shared, "task_gate_{}")
         self.shared_gate = (Gate(n_tasks * own + shared, block.gate_units, name="shared_gate",
                                  dtype=block.dtype_policy) if shared_gate else None)
 
     def build(self, input_shape):
-        for layer in self.task_expert_layers + self.shared_expert_layers + self.task_gates + [self.shared_gate]:
+        for layer in (self.task_expert_layers + self.shared_expert_layers + self.task_gates
+                      + [self.task_gate, self.shared_gate]):
             if layer is not None:
                 layer.build(input_shape)
+
+    def task_logits(self, task_inputs: list) -> list:
+        """Task k's gate logits over its own experts then the shared ones, from task_inputs[k]."""
+        return _task_logits(self.task_gate, self.task_gates, task_inputs)
 
     def own_experts(self, k: int) -> list:
         return self.task_expert_layers[k * self.own_count:(k + 1) * self.own_count]
@@ -313,8 +368,17 @@ class PLE(MultiTaskBlock):
 
     and level l+1 reads x_k = y_k, x_s = y_s. The outputs are the last level's y_k, shape
     (batch, expert_units[-1]). Gates are as in MMoE: softmax(W x + b), through ReLU layers
-    `gate_units` if given; with `task_embedding_dim` > 0 task k's gate reads [x_k; e_k]
-    (one e_k per level; the shared gate has none). Inputs of rank > 2 are flattened.
+    `gate_units` if given. With `task_embedding_dim` > 0 the task gates are task-conditioned:
+    every task gate of a level mixes the same number of experts (`task_experts` +
+    `shared_experts`), so one gate network G_l per level serves every task,
+
+        g_k(x_k) = softmax(G_l([x_k; e_k]))        e_k: row k of level l's learned table
+
+    and task k still mixes its own experts E_k and the shared S with those weights. G_l's
+    parameters are shared across the tasks (their number does not grow with the tasks, the
+    table aside); the embedding is what conditions it. With `task_embedding_dim` 0 each task
+    has its own gate. The shared gate g_s has no task and stays a gate of its own.
+    Inputs of rank > 2 are flattened.
 
     The entropy loss (see MMoE) averages over the batch and every gate of every level, shared
     gates included. `gates(x)` gives the last level's task gates, {task: (batch, task_experts
@@ -380,7 +444,7 @@ class PLE(MultiTaskBlock):
         """One level: (task outputs, shared output or None, the gates' logits)."""
         shared = self._stack(level.shared_expert_layers, shared_input, training)
         own = [self._stack(level.own_experts(k), x, training) for k, x in enumerate(task_inputs)]
-        logits = [gate(x) for gate, x in zip(level.task_gates, task_inputs)]
+        logits = level.task_logits(task_inputs)
         outputs = [_mix(z, ops.concatenate([e, shared], axis=1)) for z, e in zip(logits, own)]
         shared_output = None
         if level.shared_gate is not None:
@@ -413,8 +477,8 @@ class PLE(MultiTaskBlock):
         """{task: (batch, task_experts + shared_experts)}: the last level's task gates for the
         block's input `x`; columns are the task's own experts, then the shared ones."""
         task_inputs, _, _ = self._input(x)
-        last = self.extraction[-1]
-        return {t: ops.softmax(gate(xk), axis=-1) for t, gate, xk in zip(self.tasks, last.task_gates, task_inputs)}
+        logits = self.extraction[-1].task_logits(task_inputs)
+        return {t: ops.softmax(z, axis=-1) for t, z in zip(self.tasks, logits)}
 
     def expert_outputs(self, x) -> dict:
         """{task: (batch, task_experts + shared_experts, units)}: what the last level's task-k gate mixes."""

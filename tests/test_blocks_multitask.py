@@ -1,9 +1,10 @@
 """Multi-task blocks (SharedBottom, MMoE, PLE, CGC) against NumPy versions of the papers' formulas.
 
-Every weight (biases and task embeddings included) gets a random value before a numeric check.
-NumPy reads each weight by its path — expert_i is expert i, gate_k serves tasks[k] — recomputes
-the block in float64 with loops over tasks and experts, and checks every weight took part.
-Outputs are compared task by task, so a swapped task or expert order fails.
+Every weight (biases and the task-embedding table included) gets a random value before a numeric
+check. NumPy reads each weight by its path — expert_i is expert i, gate_k serves tasks[k]; with
+task_embedding_dim > 0 one gate network task_gate serves every task, task k through row k of
+task_gate/task_embeddings — recomputes the block in float64 with loops over tasks and experts, and
+checks every weight took part. Outputs are compared task by task, so a swapped task or expert order fails.
 """
 
 import keras
@@ -63,15 +64,24 @@ def _np_softmax(z):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _np_gate(x, w, prefix, gate_units, task_embedding_dim):
-    """softmax(W [x; e] + b), through ReLU layers `gate_units` if any."""
-    if task_embedding_dim:
-        e = w[f"{prefix}/task_embedding"]
-        assert e.shape == (task_embedding_dim,)
+def _np_gate(x, w, prefix, gate_units, e=None):
+    """softmax(W x + b), or softmax(W [x; e] + b) given a task embedding e, through ReLU layers
+    `gate_units` if any."""
+    if e is not None:
         x = np.concatenate([x, np.tile(e, (len(x), 1))], axis=1)
     if gate_units:
         x = _np_mlp(x, w, f"{prefix}/hidden", len(gate_units))
     return _np_softmax(x @ w[f"{prefix}/logits/kernel"] + w[f"{prefix}/logits/bias"])
+
+
+def _np_task_gate(x, w, k, n_tasks, own_prefix, shared_prefix, gate_units, task_embedding_dim):
+    """Task k's gate: its own gate `own_prefix` (task_embedding_dim 0), else the ONE network
+    `shared_prefix` every task shares, reading [x; e_k], e_k row k of its task-embedding table."""
+    if not task_embedding_dim:
+        return _np_gate(x, w, own_prefix, gate_units)
+    table = w[f"{shared_prefix}/task_embeddings"]
+    assert table.shape == (n_tasks, task_embedding_dim)
+    return _np_gate(x, w, shared_prefix, gate_units, table[k])
 
 
 def _np_entropy(g):
@@ -84,7 +94,7 @@ def _np_mmoe(x, w, tasks, experts, expert_layers, gate_units=None, task_embeddin
     f = [_np_mlp(x, w, f"expert_{i}", expert_layers) for i in range(experts)]
     outputs, gates = {}, {}
     for k, task in enumerate(tasks):
-        g = _np_gate(x, w, f"gate_{k}", gate_units, task_embedding_dim)
+        g = _np_task_gate(x, w, k, len(tasks), f"gate_{k}", "task_gate", gate_units, task_embedding_dim)
         gates[task] = g
         outputs[task] = sum(g[:, i:i + 1] * f[i] for i in range(experts))
     return outputs, gates, np.stack(f, axis=1)
@@ -102,13 +112,14 @@ def _np_ple(x, w, tasks, levels, shared_experts, task_experts, expert_layers, ga
                for k in range(len(tasks))]
         task_out, gates, mixed = [], {}, {}
         for k, task in enumerate(tasks):
-            g = _np_gate(task_in[k], w, f"{p}/task_gate_{k}", gate_units, task_embedding_dim)
+            g = _np_task_gate(task_in[k], w, k, len(tasks), f"{p}/task_gate_{k}", f"{p}/task_gate", gate_units,
+                              task_embedding_dim)
             candidates = own[k] + shared  # task k's own experts first, then the shared ones
             task_out.append(sum(g[:, i:i + 1] * candidates[i] for i in range(len(candidates))))
             gates[task], mixed[task] = g, np.stack(candidates, axis=1)
             every_gate.append(g)
         if level < levels - 1:
-            g = _np_gate(shared_in, w, f"{p}/shared_gate", gate_units, 0)
+            g = _np_gate(shared_in, w, f"{p}/shared_gate", gate_units)  # no task: never task-conditioned
             candidates = [e for k in range(len(tasks)) for e in own[k]] + shared
             shared_in = sum(g[:, i:i + 1] * candidates[i] for i in range(len(candidates)))
             every_gate.append(g)
@@ -282,6 +293,88 @@ def test_cgc_is_ple_of_one_level():
     for task in ("a", "b"):
         _close(got_cgc[task], outputs[task])
         _close(got_ple[task], outputs[task])
+
+
+# ------------------------------------------------------------------ task-conditioned gating
+def _task_gate_weights(layer) -> dict:
+    """{path below the layer: weight} of the task gates: gate_k / task_gate_k (one per task) or the
+    one shared task_gate, every level's; not PLE's shared gate."""
+    out = {}
+    for w in layer.weights:
+        path = w.path.split("/", 1)[1]
+        parts = path.split("/")
+        if any(p == "task_gate" or p.startswith(("gate_", "task_gate_")) for p in parts[:-1]):
+            out[path] = w
+    return out
+
+
+GATED = {
+    "MMoE": lambda tasks, dim: MMoE(tasks=tasks, experts=3, expert_units=[4], gate_units=[4],
+                                    task_embedding_dim=dim),
+    "PLE": lambda tasks, dim: PLE(tasks=tasks, shared_experts=2, task_experts=1, expert_units=[4], levels=2,
+                                  gate_units=[4], task_embedding_dim=dim),
+    "CGC": lambda tasks, dim: CGC(tasks=tasks, shared_experts=1, task_experts=2, expert_units=[4],
+                                  task_embedding_dim=dim),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GATED))
+def test_task_conditioned_gate_is_one_network_whatever_the_number_of_tasks(case):
+    levels = 2 if case == "PLE" else 1
+    conditioned, per_task = {}, {}
+    for n in (1, 2, 5):
+        tasks = [f"t{i}" for i in range(n)]
+        layer = GATED[case](tasks, 3)
+        layer(X)
+        gate = _task_gate_weights(layer)
+        tables = {p: w for p, w in gate.items() if p.endswith("/task_embeddings")}
+        assert [tuple(w.shape) for w in tables.values()] == [(n, 3)] * levels, sorted(gate)
+        assert all(p.split("/")[-2] == "task_gate" for p in tables)  # task_gate/task_embeddings
+        conditioned[n] = sum(int(np.prod(w.shape)) for p, w in gate.items() if p not in tables)
+        plain = GATED[case](tasks, 0)
+        plain(X)
+        per_task[n] = sum(int(np.prod(w.shape)) for w in _task_gate_weights(plain).values())
+    # One network: as many parameters for 1, 2 or 5 tasks, the table aside ...
+    assert conditioned[1] == conditioned[2] == conditioned[5] > 0, conditioned
+    # ... those of ONE task's own gate plus its first layer's kernel rows for e (3 inputs more per level:
+    # x 4 hidden units, or x 3 experts for CGC's linear gate), where per-task gates grow with the tasks.
+    assert per_task[5] == 5 * per_task[1], per_task
+    assert conditioned[1] == per_task[1] + levels * 3 * {"MMoE": 4, "PLE": 4, "CGC": 3}[case]
+    if case == "MMoE":  # hidden (6 + 3) x 4 + 4, logits 4 x 3 + 3
+        assert conditioned[1] == (6 + 3) * 4 + 4 + 4 * 3 + 3
+
+
+def _set_task_embeddings(layer, rows):
+    """Every task_gate/task_embeddings table of the layer (one per level) to `rows`."""
+    tables = [w for w in layer.weights if w.path.endswith("task_gate/task_embeddings")]
+    assert tables
+    for w in tables:
+        w.assign(np.asarray(rows, dtype="float32"))
+
+
+@pytest.mark.parametrize("case", sorted(GATED))
+def test_tasks_with_equal_embeddings_get_equal_gates(case):
+    tasks = ["a", "b", "c"]
+    layer = GATED[case](tasks, 2)
+    layer(X)
+    _randomize(layer, seed=9)
+    _set_task_embeddings(layer, [[0.9, -1.2], [-1.1, 0.7], [0.9, -1.2]])  # a and c alike, b apart
+    if case == "PLE":  # a level's task gate, on one input for every task (x_k differ past level 1)
+        for level, width in zip(layer.extraction, (F * D, 4)):  # level 1 reads the block's input, level 2 y_k
+            z = np.random.default_rng(3).normal(size=(B, width)).astype("float32")
+            gates = dict(zip(tasks, (_np_softmax(_np(g)) for g in level.task_gate([z, z, z]))))
+            np.testing.assert_allclose(gates["a"], gates["c"], rtol=1e-6, atol=1e-6)
+            assert np.abs(gates["a"] - gates["b"]).max() > 1e-2
+    gates = {t: _np(g) for t, g in layer.gates(X).items()}
+    if case != "PLE":  # the task inputs are all the block's input
+        np.testing.assert_allclose(gates["a"], gates["c"], rtol=1e-6, atol=1e-6)
+    assert np.abs(gates["a"] - gates["b"]).max() > 1e-2
+    out = {t: _np(v) for t, v in layer(X).items()}
+    assert not np.allclose(out["a"], out["b"])
+    if case == "MMoE":  # one set of experts: equal gates, equal outputs
+        np.testing.assert_allclose(out["a"], out["c"], rtol=1e-5, atol=1e-6)
+    else:  # equal weights, but each task mixes its OWN experts (and the shared ones)
+        assert not np.allclose(out["a"], out["c"])
 
 
 # ------------------------------------------------------------------ the shared layer test
