@@ -422,6 +422,15 @@ def check(raw: dict, source: str | None = None) -> Spec:
     if monitor is not None and monitor not in (logged := logged_metrics(raw)):
         add("train.early_stopping.monitor", f"'{monitor}' is not a metric this spec logs"
                                             f"{did_you_mean(monitor, logged)}; it logs {logged}")
+    balancing = raw.get("train", {}).get("balancing", {"type": "static"})
+    if balancing["type"] != "static" and len(raw["tasks"]) < 2:
+        add("train.balancing.type", f"'{balancing['type']}' balances two or more tasks; this spec has one")
+    if balancing["type"] == "gradnorm" and "shared" not in balancing:
+        add("train.balancing", "gradnorm needs 'shared': the block whose weights the task gradient norms are taken at")
+    for key in [k for k in ("alpha", "shared") if k in balancing and balancing["type"] != "gradnorm"]:
+        add(f"train.balancing.{key}", f"'{key}' applies to gradnorm, not to '{balancing['type']}'")
+    if "shared" in balancing and balancing["shared"] not in block_names:
+        add("train.balancing.shared", f"'{balancing['shared']}' is not a block{did_you_mean(balancing['shared'], block_names)}")
 
     cycle = find_cycle(edges)
     if cycle:

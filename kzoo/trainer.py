@@ -19,6 +19,7 @@ from pathlib import Path
 
 import keras
 
+from kzoo.balancing import balance
 from kzoo.evaluate import evaluate_frame
 from kzoo.graph import build
 from kzoo.optim import make_model_optimizer
@@ -121,7 +122,7 @@ def train(spec, data="synthetic", out=None, *, epochs=None, batch_size=None, see
 
     train_ds = prepared.train
     val_ds = prepared.validation if len(val_df) else None
-    model = compile(build(spec, stats), spec)
+    model = balance(compile(build(spec, stats), spec), spec)  # wrapped when `train.balancing` is not static
 
     callbacks = [keras.callbacks.BackupAndRestore(str(run.backup)),
                  keras.callbacks.CSVLogger(str(out / "history.csv"), append=resuming),
@@ -141,6 +142,7 @@ def train(spec, data="synthetic", out=None, *, epochs=None, batch_size=None, see
     fit_seconds = time.time() - fit_start
     epochs_run = len(history.epoch)
 
+    model = getattr(model, "inner", model)  # a balanced run saves, evaluates and serves its plain model
     model.save(out / "model.keras")
     result = evaluate_frame(model, spec, pre, test_df, batch_size)
     result["seconds"] = round(time.time() - start, 2)
