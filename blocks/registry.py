@@ -37,8 +37,20 @@ def get_block(type_name: str):
         raise KeyError(unknown_type_message(type_name)) from None
 
 
+def closest(word: str, choices) -> str | None:
+    """The likeliest intended choice: a different case or swapped letters first ('MPL' -> 'MLP', not
+    'PLE'), then difflib's closest match."""
+    choices = list(choices)
+    same_letters = [c for c in choices if sorted(c.lower()) == sorted(str(word).lower())]
+    if same_letters:
+        return same_letters[0]
+    close = difflib.get_close_matches(str(word), choices, n=1)
+    return close[0] if close else None
+
+
 def unknown_type_message(type_name: str) -> str:
-    close = difflib.get_close_matches(type_name, list(_REGISTRY), n=1)
+    match = closest(type_name, _REGISTRY)
+    close = [match] if match else []
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return f"unknown block type '{type_name}'{hint}; `kzoo list` shows the known types"
 

@@ -13,7 +13,8 @@ and flags what usually needs attention (docs/multitask.md says what each flag me
     collapsed gate      a task whose gate puts > 90 % of its weight on one expert on average
     uniform gates       every task's gate near-uniform (normalised entropy > 0.95): no specialisation
     starved task        a task whose gradient norm is under 10 % of the median of the others
-    conflict            a task pair whose gradients have a negative cosine
+    conflict            a task pair whose gradients have a clearly negative cosine (< -0.1; values
+                        nearer 0 are within what one sample of rows gives for unrelated tasks)
 
 It writes RUN/diagnose.json and RUN/diagnose.png (heatmaps of gate weights and gradient cosines).
 """
@@ -30,6 +31,7 @@ DEAD = 0.25       # an expert is dead under DEAD / n_experts mean weight
 COLLAPSED = 0.9   # mean top-expert weight of a collapsed gate
 UNIFORM = 0.95    # normalised entropy of a near-uniform gate
 STARVED = 0.10    # gradient norm relative to the median of the other tasks
+CONFLICT = -0.10  # gradient cosine of a task pair in conflict
 
 
 def gate_report(model, x) -> list[dict]:
@@ -107,7 +109,7 @@ def gradient_flags(report: dict) -> list[str]:
             flags.append(f"starved task: {task}'s gradient norm at the shared parameters is {n:.3g}, under "
                          f"{STARVED:.0%} of the others' median ({np.median(others):.3g})")
     for pair, c in report["cosine"].items():
-        if c < 0:
+        if c < CONFLICT:
             a, b = pair.split("|")
             flags.append(f"conflict: {a} and {b} pull the shared parameters apart (gradient cosine {c:+.2f})")
     return flags

@@ -8,7 +8,6 @@ adds the shape checks that need a symbolic build.
 from __future__ import annotations
 
 import copy
-import difflib
 import fnmatch
 import json
 from dataclasses import dataclass, field
@@ -99,8 +98,10 @@ def json_path(parts) -> str:
 
 
 def did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    from kzoo.blocks.registry import closest
+
+    match = closest(word, choices)
+    return f" (did you mean '{match}'?)" if match else ""
 
 
 @dataclass

@@ -26,7 +26,7 @@ from kzoo.optim import make_model_optimizer
 from kzoo.pipeline import DEFAULT_BATCH, prepare
 from kzoo.plots import plot_curves
 from kzoo.rundir import RunDir
-from kzoo.spec import Spec, load_spec
+from kzoo.spec import load_spec
 from kzoo.tasks import tasks_of
 
 DEFAULTS = {"batch_size": DEFAULT_BATCH, "epochs": 1, "seed": 0}
