@@ -197,7 +197,8 @@ def plot(report: dict, png: Path) -> None:
             ax.set_title(f"{panel['block']}: mean gate weight")
             for (i, j), v in np.ndenumerate(m):
                 if not np.isnan(v):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
+                    dark = v < 0.6 * np.nanmax(m)
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if dark else "k")
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(f"kzoo diagnose: {len(report['flags'])} flag(s)")
     fig.tight_layout()
