@@ -167,8 +167,8 @@ def test_predict_without_labels_from_the_export_base_keeps_keys_as_json_lines(tr
     assert done.returncode == 2 and "'request' (did you mean 'request_id'?) not in the data" in done.stderr
 
 
-@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
 def test_train_by_zoo_name_refuses_a_finished_run_without_overwrite(tmp_path, backend):
+    # `backend` is this pass's (tests/run_all.sh runs the suite once per backend).
     args = ["train", "lr", "--data", "synthetic:1000", "--epochs", "1", "--out", tmp_path / "run"]
     first = kzoo_cli(*args, backend=backend)
     assert_quiet(first.stderr)
