@@ -4,7 +4,7 @@ UCI Census-Income, loss balancing on Census, and (where set up) FuxiCTR's MMoE a
     .venv/bin/python bench/multitask.py synthetic --corrs 1.0,0.9,0.5,0.0 --seeds 0,1,2
     .venv/bin/python bench/multitask.py census --seeds 0,1,2
     .venv/bin/python bench/multitask.py balancing --seeds 0
-    .venv/bin/python bench/multitask.py peer            # FuxiCTR MMoE: says what is missing
+    .venv/bin/python bench/multitask.py peer --seeds 0  # FuxiCTR MMoE vs kzoo's (needs bench/peer/setup.sh)
     .venv/bin/python bench/multitask.py report          # rewrite the doc section from the .json
 
 Every subcommand trains in this process (KERAS_BACKEND as set; JAX by default here), replaces its
@@ -21,6 +21,10 @@ so reruns replace it and the rest of the page is left alone.
   test predictions, averaged over the seeds).
 - balancing: zoo_configs/mmoe.json with `train.balancing` static / uncertainty / gradnorm
   (shared: the mmoe block) / pcgrad, AUC per task, intervals against static.
+- peer: kzoo's MMoE (bench/peer/kzoo_mmoe.py, one subprocess per --backends entry) and FuxiCTR's
+  MMoE (bench/peer/fuxictr_mmoe.py in bench/peer/.venv) on the same Census split, one process at a
+  time per seed; per-task AUC, paired-bootstrap AUC differences, steady-state (epoch 2) examples/s
+  and the kzoo / FuxiCTR ratio.
 """
 
 from __future__ import annotations
@@ -311,7 +315,11 @@ def markdown(doc: dict) -> str:
 
     # -- peer
     t = tables.get("peer") or {}
-    lines += ["### Census-Income: against FuxiCTR's MMoE", "", t.get("note", PEER_NOTE), ""]
+    lines += ["### Census-Income: against FuxiCTR's MMoE", ""]
+    if t.get("rows"):
+        lines += peer_markdown(t)
+    else:
+        lines += [t.get("note", PEER_NOTE), ""]
 
     if doc.get("reductions"):
         lines += ["### Reductions", ""] + [f"- {x}" for x in doc["reductions"]] + [""]
@@ -358,21 +366,149 @@ def balancing_available() -> str | None:
     return None
 
 
+PEER_PYTHON = REPO / "bench" / "peer" / ".venv" / "bin" / "python"
+PEER_LABELS = {"income": "income_50k", "never_married": "never_married"}  # kzoo task -> label column
+
+
+def run_peer(args) -> list[dict]:
+    """Per seed, one process at a time: kzoo's MMoE on each backend (bench/peer/kzoo_mmoe.py, kzoo's
+    venv) and FuxiCTR's MMoE (bench/peer/fuxictr_mmoe.py, the peer venv) on the same split, which
+    kzoo writes once as CSV. Each returns per-task test AUC, test predictions and steady-state
+    (epoch 2) examples/s."""
+    import subprocess
+
+    path = data_dir() / CENSUS
+    data = f"census:{path}"
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="kzoo_peer_census_") as tmp:
+        tmp = Path(tmp)
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        subprocess.run([sys.executable, str(REPO / "bench/peer/kzoo_mmoe.py"), "--data", data,
+                        "--write-split", str(tmp)], check=True, env=env, stdout=subprocess.DEVNULL)
+        import pandas as pd
+
+        test = pd.read_csv(tmp / "test.csv", usecols=list(PEER_LABELS.values()))
+        labels = {t: test[c].astype(int).tolist() for t, c in PEER_LABELS.items()}
+        for seed in args.seeds:
+            jobs = [(f"kzoo ({b})", b, None) for b in args.backends.split(",")]
+            jobs += [(f"FuxiCTR (torch, {n} thread{'s' if n > 1 else ''})", None, n)
+                     for n in (int(x) for x in args.peer_threads.split(","))]
+            for side, backend, threads in jobs:
+                out = tmp / f"{seed}_{backend or f'fuxictr{threads}'}.json"
+                if backend:
+                    cmd = [sys.executable, str(REPO / "bench/peer/kzoo_mmoe.py"), "--data", data, "--seed", str(seed),
+                           "--predictions", "--out", str(out)]
+                    run_env = {**env, "KERAS_BACKEND": backend}
+                else:
+                    cmd = [str(PEER_PYTHON), str(REPO / "bench/peer/fuxictr_mmoe.py"), "--train", str(tmp / "train.csv"),
+                           "--valid", str(tmp / "valid.csv"), "--test", str(tmp / "test.csv"),
+                           "--schema", str(REPO / "kzoo/datasets/census.json"), "--seed", str(seed),
+                           "--embedding-dim", "8", "--experts", "8", "--expert-units", "32", "--gate-units", "",
+                           "--tower-units", "16", "--batch-size", "512", "--lr", "0.003", "--epochs", "2",
+                           "--threads", str(threads), "--predictions", "--out", str(out)]
+                    run_env = env
+                t = time.time()
+                proc = subprocess.run(cmd, env=run_env, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    log(proc.stderr[-3000:])
+                    raise SystemExit(f"{side} seed {seed} failed ({proc.returncode})")
+                r = json.loads(out.read_text())
+                key = (lambda t: t) if backend else (lambda t: PEER_LABELS[t])
+                row = {"table": "peer", "model": side, "backend": backend or "torch", "threads": threads, "seed": seed,
+                       "auc": {t: r["tasks"][key(t)]["auc"] for t in CENSUS_TASKS},
+                       "logloss": {t: r["tasks"][key(t)]["logloss"] for t in CENSUS_TASKS},
+                       "params": r["params"], "steady_examples_per_s": r["steady_examples_per_s"],
+                       "epoch_examples_per_s": r["epoch_examples_per_s"], "fit_examples_per_s": r["fit_examples_per_s"],
+                       "wall_seconds": round(time.time() - t, 1),
+                       "predictions": {t: r["predictions"][key(t)] for t in CENSUS_TASKS}, "labels": labels,
+                       "versions": {k: r[k] for k in ("keras", "fuxictr_version", "torch_version") if k in r}}
+                if not backend:
+                    row["notes"] = r["notes"]
+                rows.append(row)
+                log(f"  peer {side:<18} seed {seed}: auc income {row['auc']['income']:.4f} never_married "
+                    f"{row['auc']['never_married']:.4f}; steady {row['steady_examples_per_s']:,.0f} ex/s "
+                    f"(epoch 1 {r['epoch_examples_per_s']['0']:,.0f}) ({row['wall_seconds']:.0f} s)")
+    return rows
+
+
+PEER_TARGET = 2.0
+
+
+def peer_markdown(t: dict) -> list[str]:
+    rows = t["rows"]
+    s = t["settings"]
+    sides = list(dict.fromkeys(r["model"] for r in rows))
+    by = {m: [r for r in rows if r["model"] == m] for m in sides}
+    fx_sides = [m for m in sides if by[m][0]["backend"] == "torch"]
+    fx = by[fx_sides[0]] if fx_sides else []  # the AUC reference: the first FuxiCTR run
+    seeds = ", ".join(map(str, s["seeds"]))
+    notes = fx[0].get("notes", []) if fx else []
+    lines = [f"zoo_configs/mmoe.json on the Census split above (40,000 / 5,000 / 5,000 rows, split seed 0), against "
+             "FuxiCTR 2.3.10's MMoE (PyTorch, CPU; run once with 2 torch threads and once with 1, see below) trained on exactly those rows: kzoo writes its "
+             "train / validation / test frames as CSV and `bench/peer/fuxictr_mmoe.py` runs them through FuxiCTR's "
+             "FeatureProcessor (in this process, fitted on train; kzoo/datasets/census.json mapped to FuxiCTR "
+             "feature specs: categoricals with kzoo's min_count and a missing value as its own token, numerics "
+             "with kzoo's fill, sign·log1p and StandardScaler on train statistics), FuxiCTR's NpzDataLoader and "
+             "MultiTaskModel.fit. Both sides: the same 39 features, embedding dim 8, 8 experts MLP [32] (ReLU), "
+             "linear softmax gate per task, tower MLP [16] per task → sigmoid, BCE per task summed with weight 1, "
+             "Adam 0.003, batch 512, 2 epochs, train rows unshuffled in the split's order (the same batches), "
+             f"final weights; model seed{'s' if len(s['seeds']) > 1 else ''} {seeds}"
+             f"{' (one seed: the time budget)' if len(s['seeds']) == 1 else ''}. The PyPI package ships "
+             "MultiTaskModel but not the model zoo's MMoE, so `MMoE_Layer` / `MMoE` are written in that script "
+             "on MultiTaskModel following FuxiCTR's model_zoo/multitask/MMoE. Not matched: FuxiCTR's "
+             "initialisation (embeddings N(0, 1e-4), xavier_normal dense layers) and its gradient-norm clipping "
+             "at 10; one extra padding/OOV row per categorical field (params).", "",
+             "Steady-state examples/s: training rows of epoch 2 / (end of its last training step − start of its "
+             "first), timed per step in both processes (kzoo: a Keras batch callback, which also makes each "
+             "step synchronous, as kzoo.train's StepLogger does; FuxiCTR: a wrapper round BaseModel.train_step); "
+             "so epoch 1 (XLA / tf.function compilation; torch warm-up) and the end-of-epoch validation are left "
+             "out. Epoch 1 examples/s shown for reference. The processes ran one at a time, interleaved per "
+             "seed, on a 2-core machine shared with another job's test suite: absolute rates are rough; the "
+             "ratio within a seed is the better number.", "",
+             "| side | params | AUC income | AUC never married | Δ income vs FuxiCTR | Δ never married vs FuxiCTR "
+             "| steady examples/s (epoch 2) | epoch 1 examples/s | "
+             + " | ".join(f"steady ratio kzoo / {m}" for m in fx_sides) + " |",
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(fx_sides)]
+    verdicts = []
+    for m in sides:
+        rs = by[m]
+        is_fx = m in fx_sides
+        gi = gap(rs, fx, "income") if not is_fx and fx else None
+        gn = gap(rs, fx, "never_married") if not is_fx and fx else None
+        cells = []
+        for fm in fx_sides:
+            ratios = []
+            if not is_fx:
+                for r in rs:
+                    f = next((x for x in by[fm] if x["seed"] == r["seed"]), None)
+                    if f:
+                        ratios.append(r["steady_examples_per_s"] / f["steady_examples_per_s"])
+            cells.append(ms(ratios, ".2f") + "×" if ratios else "–")
+            if ratios:
+                mean = statistics.mean(ratios)
+                verdicts.append(f"{m} / {fm}: {mean:.2f}× ("
+                                + ("met" if min(ratios) >= PEER_TARGET else
+                                   "met on average, not on every seed" if mean >= PEER_TARGET else "not met") + ")")
+        ratio = " | ".join(cells)
+        lines.append(f"| {m} | {rs[0]['params']:,} | {ms([r['auc']['income'] for r in rs])} | "
+                     f"{ms([r['auc']['never_married'] for r in rs])} | {fmt_gap(gi)} | {fmt_gap(gn)} | "
+                     f"{ms([r['steady_examples_per_s'] for r in rs], ',.0f')} | "
+                     f"{ms([r['epoch_examples_per_s']['0'] for r in rs], ',.0f')} | {ratio} |")
+    lines += ["", f"Δ: paired bootstrap over the test rows of kzoo's AUC − FuxiCTR's (seeds' mean predictions; "
+              "1,000 resamples, 95 % interval). Speed target (the issue): kzoo's steady-state examples/s ≥ "
+              f"{PEER_TARGET:.0f}× FuxiCTR's on this model. Measured ratio (mean over seeds): "
+              + ("; ".join(verdicts) if verdicts else "–") + ".", ""]
+    if notes:
+        lines += ["<details><summary>FuxiCTR run notes (from fuxictr_mmoe.py's JSON)</summary>", "",
+                  *[f"- {n}" for n in notes], "", "</details>", ""]
+    if t.get("reading"):
+        lines += [t["reading"], ""]
+    return lines
+
+
 PEER_NOTE = (
-    "TODO: not run. The peer venv is set up (`bash bench/peer/setup.sh`: fuxictr 2.3.10, torch 2.13.0 CPU), "
-    "but bench/peer/fuxictr_run.py trains single-task DCNv2 / DeepFM only. What an MMoE comparison on this "
-    "split still needs: (1) an MMoE model class in fuxictr_run.py. The PyPI package ships "
-    "`fuxictr.pytorch.models.MultiTaskModel` (per-task output activations and losses, `feature_map.labels`, "
-    "per-task evaluate) but neither the model zoo's `MMoE` class nor its `MMoE_Layer`; both would be written "
-    "from FuxiCTR's repository (`model_zoo/multitask/MMoE`) on MultiTaskModel, as DCNv2 / DeepFM are on "
-    "BaseModel, sized as zoo_configs/mmoe.json (embedding dim 8, 8 experts [32], softmax gates, towers [16], "
-    "Adam 0.003, batch 512, 2 epochs). (2) Two labels in the script's data path: it takes one binary label "
-    "(`feature_cols_from_schema` exits on a list) and reads one label column back for test AUC; it needs "
-    "FuxiCTR's `label_col` list (`income_50k`, `never_married`) and per-task test AUC. (3) The Census split "
-    "written from kzoo (as `run_peer` in bench/quality.py does for Criteo / Avazu) and Census's schema "
-    "(kzoo/datasets/census.json) mapped to FuxiCTR feature specs, with kzoo's numeric normalisation. "
-    "(4) A steady-state examples/s on both sides (kzoo's `train_examples_per_s` includes first-step "
-    "compilation). None of this fit in this run's one-hour budget, so there is no FuxiCTR number here.")
+    "Not run: the FuxiCTR peer venv is not set up. `bash bench/peer/setup.sh`, then "
+    "`python bench/multitask.py peer --seeds 0,1,2` (bench/peer/fuxictr_mmoe.py, bench/peer/kzoo_mmoe.py).")
 
 
 def main() -> None:
@@ -386,6 +522,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.003, help="synthetic Adam learning rate")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--balancing", default=",".join(BALANCING))
+    p.add_argument("--backends", default="jax,tensorflow", help="peer: kzoo's Keras backends to time")
+    p.add_argument("--peer-threads", default="2,1", help="peer: FuxiCTR runs, one per torch thread count")
     p.add_argument("--reading", help="a paragraph on how to read this table, stored with it")
     p.add_argument("--merge", action="store_true",
                    help="keep this table's earlier rows that this run does not redo (other CORRs, seeds, methods)")
@@ -413,8 +551,13 @@ def main() -> None:
             chosen = args.balancing.split(",")
             table["rows"] = census_rows(args, "balancing", [("mmoe", b if b != "static" else None) for b in chosen])
     elif args.table == "peer":
-        table = {"command": None, "note": PEER_NOTE}
-        log(PEER_NOTE)
+        if not PEER_PYTHON.is_file():
+            table = {"command": None, "note": PEER_NOTE}
+            log(PEER_NOTE)
+        else:
+            table["settings"] = {"seeds": args.seeds, "backends": args.backends.split(","),
+                                 "peer_threads": [int(x) for x in args.peer_threads.split(",")]}
+            table["rows"] = run_peer(args)
     import fcntl
 
     lock = open(Path(tempfile.gettempdir()) / "kzoo_bench_multitask.lock", "w")
