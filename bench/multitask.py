@@ -30,7 +30,6 @@ so reruns replace it and the rest of the page is left alone.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
