@@ -6,4 +6,4 @@ Importing this package registers every block family; `kzoo.blocks.registry` reso
 from kzoo.blocks.registry import block_types, get_block, register_block  # noqa: F401
 from kzoo.blocks import core, interaction  # noqa: F401  (registration side effect)
 from kzoo.blocks import distill, ranking  # noqa: F401
-from kzoo.blocks import multitask  # noqa: F401
+from kzoo.blocks import multitask, ple  # noqa: F401

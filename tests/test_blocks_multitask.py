@@ -14,7 +14,8 @@ import pytest
 import kzoo
 from kzoo import data as kdata
 from kzoo.blocks import block_types
-from kzoo.blocks.multitask import CGC, MMoE, PLE, SharedBottom
+from kzoo.blocks.multitask import MMoE, SharedBottom
+from kzoo.blocks.ple import CGC, PLE
 from kzoo.errors import SpecError
 from layer_test import run_layer_test  # tests/ is on sys.path (rootdir conftest, no __init__.py)
 

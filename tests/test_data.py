@@ -11,17 +11,11 @@ import pytest
 
 from kzoo import data as kdata
 from kzoo.data import DataError, conform
+from tests.real_data import real
 
 CRITEO_HEAD = "criteo/criteo_train_head10k.txt"
 CRITEO_CSV = "criteo/criteo_sample_deepctr.txt"
 AVAZU_HEAD = "avazu/avazu_train_head10k.csv"
-
-
-def real(relative: str) -> Path:
-    path = kdata.data_dir() / relative
-    if not path.is_file():
-        pytest.skip(f"{path} is absent")
-    return path
 
 
 @pytest.fixture(scope="module")

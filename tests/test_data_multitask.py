@@ -12,19 +12,13 @@ import pytest
 
 from kzoo import data as kdata
 from kzoo.data import DataError, conform
+from tests.real_data import real
 from kzoo.loaders_multitask import CENSUS_COLUMNS, CENSUS_NUMERIC, mmoe_synthetic
 
 CENSUS = "census_income_kdd/census-income.part1.gz"
 SAMPLES = "multitask_ctr_samples"
 ALICCP_FIELDS = ("101,121,122,124,125,126,127,128,129,205,206,207,210,216,508,509,702,853,301,"
                  "109_14,110_14,127_14,150_14").split(",")
-
-
-def real(relative: str) -> Path:
-    path = kdata.data_dir() / relative
-    if not path.is_file():
-        pytest.skip(f"{path} is absent")
-    return path
 
 
 @pytest.fixture(scope="module")
