@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kzoo.blocks.activations import Dice
 from kzoo.blocks.backend import gather_rows
 from kzoo.blocks.base import Block, as_list, check_fraction, check_positive_int, flat_width, flatten_2d, shape_list
 from kzoo.blocks.registry import register_block
@@ -29,14 +30,45 @@ def _tables(features: list[dict]) -> dict[str, int]:
     return tables
 
 
+LIST_KINDS = ("sequence", "tags")  # (batch, max_len) ids, -1 at padded positions
+
+
 def _check_features(features) -> None:
     if not isinstance(features, (list, tuple)) or not features:
         raise ValueError(f"`features` must be a non-empty list of feature descriptions, received {features!r}")
     for f in features:
-        if f.get("kind") not in ("numeric", "categorical"):
-            raise ValueError(f"feature {f.get('name')!r}: kind must be 'numeric' or 'categorical', received {f.get('kind')!r}")
-        if f["kind"] == "categorical" and int(f.get("vocab_size", 0)) < 1:
+        if f.get("kind") not in ("numeric", "categorical", *LIST_KINDS):
+            raise ValueError(f"feature {f.get('name')!r}: kind must be 'numeric', 'categorical', 'sequence' or 'tags', "
+                             f"received {f.get('kind')!r}")
+        if f["kind"] != "numeric" and int(f.get("vocab_size", 0)) < 1:
             raise ValueError(f"feature {f['name']!r}: vocab_size must be >= 1, received {f.get('vocab_size')!r}")
+        if f["kind"] in LIST_KINDS and int(f.get("max_len", 0)) < 1:
+            raise ValueError(f"feature {f['name']!r}: max_len must be >= 1, received {f.get('max_len')!r}")
+
+
+def field_runs(features: list[dict]) -> list[list]:
+    """The features' order as runs of one kind, [kind, start, stop) into that kind's block
+    (categorical ids, numeric values, pooled lists)."""
+    runs, seen = [], {"categorical": 0, "numeric": 0, "lists": 0}
+    for f in features:
+        kind = "lists" if f["kind"] in LIST_KINDS else f["kind"]
+        if runs and runs[-1][0] == kind:
+            runs[-1][2] += 1
+        else:
+            runs.append([kind, seen[kind], seen[kind] + 1])
+        seen[kind] += 1
+    return runs
+
+
+def masked_pool(values, mask, mode: str = "mean"):
+    """(B, L, D) values and a (B, L) 0/1 mask -> (B, D): the sum or mean of the valid positions
+    (0 for a row with none)."""
+    mask = ops.cast(mask, values.dtype)
+    total = ops.sum(values * ops.expand_dims(mask, -1), axis=1)
+    if mode == "sum":
+        return total
+    count = ops.sum(mask, axis=1, keepdims=True)
+    return total / ops.maximum(count, ops.ones_like(count))
 
 
 @register_block()
@@ -45,7 +77,10 @@ class FeatureEmbedding(Block):
 
     A categorical feature with id i gives row i of its table E_f; features declaring the
     same `embedding` name share one table. A numeric feature with value x gives x * v_f
-    (one learned vector per numeric feature), as in DeepFM / AutoInt / FuxiCTR.
+    (one learned vector per numeric feature), as in DeepFM / AutoInt / FuxiCTR. A sequence or
+    tags feature (a list of ids, -1 at padded positions) gives the mean (or sum, by its `pool`)
+    of its items' rows, padding left out: one field per feature (EasyRec's TagFeature,
+    DeepCTR's VarLenSparseFeat; a history pooled this way is the sequence-less baseline).
     Fields come out in the group's (schema) order.
 
     All tables live in one variable with a row offset per table, so a batch is one gather
@@ -89,22 +124,15 @@ class FeatureEmbedding(Block):
             self.offsets[name] = rows
             rows += size
         self.total_rows = rows
-        self.categorical = [f for f in self.features if f["kind"] != "numeric"]
+        self.categorical = [f for f in self.features if f["kind"] == "categorical"]
         self.numeric = [f for f in self.features if f["kind"] == "numeric"]
+        self.lists = [f for f in self.features if f["kind"] in LIST_KINDS]
         self.id_offsets = [self.offsets[f.get("table") or f["name"]] for f in self.categorical]
         # Schema order as runs of one kind, [kind, start, stop) into that kind's block: the
         # output is reassembled with static slices and one concatenate. (A gather over the
         # field axis did the same, but cost a scatter-add in every backward pass:
         # docs/benchmarks.md measured it at 7-12 % of a DCN-V2 step.)
-        self.runs: list[list] = []
-        seen = {"categorical": 0, "numeric": 0}
-        for f in self.features:
-            kind = "numeric" if f["kind"] == "numeric" else "categorical"
-            if self.runs and self.runs[-1][0] == kind:
-                self.runs[-1][2] += 1
-            else:
-                self.runs.append([kind, seen[kind], seen[kind] + 1])
-            seen[kind] += 1
+        self.runs = field_runs(self.features)
 
     def build(self, input_shape=None):
         init = keras.initializers.RandomNormal(stddev=self.initializer_scale)
@@ -123,20 +151,43 @@ class FeatureEmbedding(Block):
         return self.embeddings[start:start + _tables(self.features)[name]]
 
     def call(self, inputs):
+        return self._fields(inputs)
+
+    def _fields(self, inputs):
         parts = {}
         if self.categorical:
             ids = ops.concatenate([_column(inputs[f["name"]], "int32") for f in self.categorical], axis=1)
             if any(self.id_offsets):
                 ids = ops.add(ids, ops.convert_to_tensor(self.id_offsets, dtype="int32"))
             looked_up = gather_rows(self.embeddings, ids)
-            if self.l2:
-                self.add_loss(self.l2 * ops.sum(ops.square(looked_up)) / ops.cast(ops.shape(ids)[0], looked_up.dtype))
+            self._penalise(looked_up)
             parts["categorical"] = looked_up
         if self.numeric:
             x = ops.concatenate([_column(inputs[f["name"]], self.compute_dtype) for f in self.numeric], axis=1)
             parts["numeric"] = ops.expand_dims(x, -1) * self.numeric_kernel
+        if self.lists:
+            pooled = []
+            for f in self.lists:
+                items, mask = self.items(inputs, f)
+                pooled.append(masked_pool(items, mask, f.get("pool", "mean")))
+            parts["lists"] = ops.stack(pooled, axis=1)
         pieces = [parts[k] if (a == 0 and b == parts[k].shape[1]) else parts[k][:, a:b] for k, a, b in self.runs]
         return pieces[0] if len(pieces) == 1 else ops.concatenate(pieces, axis=1)
+
+    def items(self, inputs, feature: dict):
+        """A sequence/tags feature's (B, L, dim) item rows and its (B, L) 0/1 mask; padded positions
+        (id -1) read row 0 of the table and are zeroed, so they carry no value and no gradient."""
+        ids = ops.cast(inputs[feature["name"]], "int32")
+        valid = ops.greater_equal(ids, 0)
+        rows = ops.where(valid, ids, ops.zeros_like(ids)) + self.offsets[feature.get("table") or feature["name"]]
+        mask = ops.cast(valid, self.compute_dtype)
+        looked_up = gather_rows(self.embeddings, rows) * ops.expand_dims(mask, -1)
+        self._penalise(looked_up)
+        return looked_up, mask
+
+    def _penalise(self, looked_up):
+        if self.l2:
+            self.add_loss(self.l2 * ops.sum(ops.square(looked_up)) / ops.cast(ops.shape(looked_up)[0], looked_up.dtype))
 
     def compute_output_shape(self, input_shape):
         return (None, len(self.features), self.dim)
@@ -212,6 +263,9 @@ class DenseFeatures(Block):
         return {**super().get_config(), "features": self.features}
 
 
+_TRAINING_AWARE = (keras.layers.Dropout, keras.layers.BatchNormalization, Dice)
+
+
 @register_block()
 class MLP(Block):
     """A stack of Dense layers: x -> [Dense -> norm -> activation -> dropout] * len(units).
@@ -221,7 +275,8 @@ class MLP(Block):
 
     Args:
         units: list of int. Width of each layer.
-        activation: str. Keras activation name. Defaults to `"relu"`.
+        activation: str. Keras activation name, or `"dice"` (DIN's data-adaptive activation,
+            kzoo.blocks.activations.Dice). Defaults to `"relu"`.
         dropout: float. Dropout rate after each layer. Defaults to `0.0`.
         norm: str or None. `"batch"`, `"layer"` or None. Defaults to None.
         output_activation: str or None. Activation of the last layer instead of
@@ -244,7 +299,9 @@ class MLP(Block):
         check_fraction("dropout", dropout)
         if norm not in (None, "batch", "layer"):
             raise ValueError(f"`norm` must be 'batch', 'layer' or null, received {norm!r}")
-        keras.activations.get(activation)
+        for act in (activation, output_activation):
+            if act not in (None, "same", "dice"):
+                keras.activations.get(act)
         self.units = list(units)
         self.activation = activation
         self.dropout = float(dropout)
@@ -261,7 +318,9 @@ class MLP(Block):
                 self.stack.append(keras.layers.BatchNormalization(name=f"bn_{i}"))
             elif norm == "layer":
                 self.stack.append(keras.layers.LayerNormalization(name=f"ln_{i}"))
-            if act:
+            if act == "dice":
+                self.stack.append(Dice(name=f"dice_{i}"))
+            elif act:
                 self.stack.append(keras.layers.Activation(act, name=f"act_{i}"))
             if dropout and not last:
                 self.stack.append(keras.layers.Dropout(dropout, name=f"dropout_{i}"))
@@ -275,7 +334,7 @@ class MLP(Block):
     def call(self, inputs, training=None):
         x = flatten_2d(inputs)
         for layer in self.stack:
-            x = layer(x, training=training) if isinstance(layer, (keras.layers.Dropout, keras.layers.BatchNormalization)) else layer(x)
+            x = layer(x, training=training) if isinstance(layer, _TRAINING_AWARE) else layer(x)
         return x
 
     def compute_output_shape(self, input_shape):

@@ -7,12 +7,15 @@ the same raw values become the same tensors:
     to_float(column, name, missing_ok)   float32, NaN for missing ("", NA, nan, null, none)
     to_text(column)                      str, "" for missing, whole floats without ".0"
     to_ids(column, name)                 int64 ids read from their text, -1 for missing
+    to_sequence(column, name, sep)       str, a list's items joined by `sep` ("" for an empty or missing list)
     raw_column(column, dtype, name)      one of the above by dtype name (float32, int64, string, ...)
 
 Bad values raise DataError naming the column and the 1-based row.
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -22,6 +25,7 @@ from kzoo.errors import DataError
 # Only these spellings mean "missing" in a numeric column. Categorical text is kept as written:
 # "NA" or "null" can be real category values (Namibia), so a table's only missing marker is "".
 _NUMERIC_NA = frozenset({"", "na", "nan", "n/a", "null", "none"})
+SEP = "|"  # the default separator of a sequence's items in its raw string form
 _NP = {"float32": np.float32, "float64": np.float64, "int32": np.int32, "int64": np.int64, "string": object}
 DTYPES = tuple(_NP)
 
@@ -67,7 +71,35 @@ def _category(value) -> str:
         return str(int(value))
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
+    if isinstance(value, (list, tuple, np.ndarray)):  # a list sent for a sequence input
+        return SEP.join(_category(v) for v in value)
     return str(value)
+
+
+def to_sequence(column: pd.Series, name: str, sep: str = SEP) -> np.ndarray:
+    """A sequence or tags column as str: the items joined by `sep`, oldest first.
+
+    A cell may be a list, tuple or NumPy array (a pandas column of lists, Parquet list<...>), a
+    string already joined by `sep`, or a JSON list written as text ("[12, 45, 3]", as pandas
+    writes lists to CSV); missing and empty lists give "". Text that opens a JSON list but does not
+    parse is a DataError naming the column and the 1-based row.
+    """
+    out = np.empty(len(column), dtype=object)
+    for i, value in enumerate(column.astype(object)):
+        if isinstance(value, (list, tuple, np.ndarray)):
+            out[i] = sep.join(_category(v) for v in value)
+        elif isinstance(value, str) and value.lstrip().startswith("["):
+            try:
+                items = json.loads(value.replace("'", '"'))
+            except json.JSONDecodeError:
+                raise DataError(f"column {name!r}, row {i + 1}: {value[:60]!r} opens a list but is not one; "
+                                f"write the items as [1, 2, 3] or joined by {sep!r}") from None
+            if not isinstance(items, list):
+                raise DataError(f"column {name!r}, row {i + 1}: {value[:60]!r} is not a list")
+            out[i] = sep.join(_category(v) for v in items)
+        else:
+            out[i] = _category(value)
+    return out
 
 
 def to_ids(column: pd.Series, name: str, dtype: str = "int64") -> np.ndarray:
@@ -86,7 +118,11 @@ def raw_column(column, dtype: str, name: str) -> np.ndarray:
     """`column` (a Series or array-like) as the NumPy array a `dtype` input takes."""
     if dtype not in _NP:
         raise DataError(f"column {name!r}: dtype {dtype} is not one kzoo reads ({', '.join(DTYPES)})")
-    array = np.asarray(column).reshape(-1)
+    if isinstance(column, (list, tuple)) and any(isinstance(v, (list, tuple, np.ndarray)) for v in column):
+        array = np.empty(len(column), dtype=object)  # a list per row (a history): keep the rows apart
+        array[:] = list(column)
+    else:
+        array = np.asarray(column).reshape(-1)
     if array.dtype.kind in ("iub" if dtype.startswith("int") else "fiub" if dtype != "string" else "U"):
         return array.astype(_NP[dtype])  # nothing is missing in these: a plain cast
     values = column if isinstance(column, pd.Series) else pd.Series(array.tolist(), dtype=object)

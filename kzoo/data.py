@@ -3,7 +3,8 @@
     load("synthetic" | "synthetic:ROWS" | "criteo:PATH" | "avazu:PATH" | FILE | DataFrame)
         -> (raw DataFrame, name of the bundled dataset schema it implies, or None)
         (multi-task data: "census:PATH", "mmoe_synthetic:CORR[:ROWS]", "aliccp:PATH",
-        "aliexpress:PATH", read by kzoo.loaders_multitask)
+        "aliexpress:PATH", read by kzoo.loaders_multitask; user histories: "movielens:FOLDER",
+        "amazon:FILE", read by kzoo.loaders_sequence)
     conform(frame, dataset)  -> label + feature columns, checked and cast (float32 / str)
     split(frame, seed)       -> (train, validation, test)
 
@@ -23,15 +24,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kzoo.columns import to_float, to_text  # noqa: F401  (re-exported)
+from kzoo.columns import SEP, to_float, to_sequence, to_text  # noqa: F401  (re-exported)
 from kzoo.errors import DataError
 from kzoo.loaders_multitask import (  # noqa: F401  (re-exported)
     mmoe_synthetic, mmoe_synthetic_argument, read_aliccp, read_aliexpress, read_census)
+from kzoo.loaders_sequence import read_amazon, read_movielens  # noqa: F401  (re-exported)
 from kzoo.synthetic import (  # noqa: F401  (re-exported: kdata.synthetic is the embedded default)
     CRITEO_CATEGORICAL, CRITEO_NUMERIC, SYNTHETIC_FIRST_ORDER, SYNTHETIC_NUMERIC_CROSS, SYNTHETIC_PAIRS, synthetic)
 
 CRITEO_COLUMNS = ["label", *CRITEO_NUMERIC, *CRITEO_CATEGORICAL]
-LOADERS = ("synthetic", "criteo", "avazu", "census", "mmoe_synthetic", "aliccp", "aliexpress")
+LOADERS = ("synthetic", "criteo", "avazu", "census", "mmoe_synthetic", "aliccp", "aliexpress", "movielens", "amazon")
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
 
 _COMPRESSION = (".gz", ".bz2", ".zip", ".xz", ".zst")
@@ -153,25 +155,29 @@ def _suffix(path: Path) -> str:
 
 # NAME:PATH loaders; each implies the bundled schema kzoo/datasets/NAME.json.
 _PATH_READERS = {"criteo": read_criteo, "avazu": read_avazu, "census": read_census, "aliccp": read_aliccp,
-                 "aliexpress": read_aliexpress}
+                 "aliexpress": read_aliexpress, "movielens": read_movielens}
 
 
-def load(data, dataset_schema: dict | None = None) -> tuple[pd.DataFrame, str | None]:
+def load(data, dataset_schema: dict | None = None, negatives: int = 1,
+         seed: int = 0) -> tuple[pd.DataFrame, str | None]:
     """Parse a `--data` argument into (frame, implied bundled dataset name or None).
 
     `synthetic` / `synthetic:ROWS` -> synthetic(), "criteo"; `criteo:PATH` -> read_criteo, "criteo";
-    `avazu:PATH` -> read_avazu, "avazu"; `census:PATH`, `aliccp:PATH`, `aliexpress:PATH` ->
-    read_census / read_aliccp / read_aliexpress and the loader's name; `mmoe_synthetic:CORR[:ROWS]`
+    `avazu:PATH` -> read_avazu, "avazu"; `census:PATH`, `aliccp:PATH`, `aliexpress:PATH`,
+    `movielens:FOLDER`, `amazon:FILE` -> read_census / read_aliccp / read_aliexpress /
+    read_movielens / read_amazon and the loader's name; `mmoe_synthetic:CORR[:ROWS]`
     -> mmoe_synthetic(CORR, ROWS), "mmoe_synthetic"; a .csv/.tsv/.txt/.parquet path -> read_table, None;
     a DataFrame -> itself, None. A relative PATH that is not under the current directory is
     also looked for under $KZOO_DATA_DIR when that is set.
 
     dataset_schema: dict or None. When given, the frame comes back already `conform`ed to it.
+    negatives, seed: negative rows sampled per positive, and their seed, for loaders that sample
+        them (`amazon:FILE`; a spec sets them as `train.negatives` and `train.split.seed`).
     """
     if isinstance(data, pd.DataFrame):
         frame, implied = data, None
     elif isinstance(data, (str, os.PathLike)):
-        frame, implied = _load_argument(os.fspath(data))
+        frame, implied = _load_argument(os.fspath(data), negatives, seed)
     else:
         raise DataError(f"data must be a DataFrame, a path or a loader argument such as 'synthetic', "
                         f"got {type(data).__name__}")
@@ -180,7 +186,7 @@ def load(data, dataset_schema: dict | None = None) -> tuple[pd.DataFrame, str | 
     return frame, implied
 
 
-def _load_argument(text: str) -> tuple[pd.DataFrame, str | None]:
+def _load_argument(text: str, negatives: int = 1, seed: int = 0) -> tuple[pd.DataFrame, str | None]:
     name, colon, rest = text.partition(":")
     if text.strip() == "synthetic":
         return synthetic(), "criteo"
@@ -193,6 +199,8 @@ def _load_argument(text: str) -> tuple[pd.DataFrame, str | None]:
             return synthetic(rows), "criteo"
         if name == "mmoe_synthetic":
             return mmoe_synthetic_argument(text, rest), name
+        if name == "amazon":
+            return read_amazon(_resolve(rest), negatives=negatives, seed=seed), name
         if name in _PATH_READERS:
             return _PATH_READERS[name](_resolve(rest)), name
         raise DataError(f"--data {text!r}: unknown loader {name!r}{_did_you_mean(name, LOADERS)}; "
@@ -268,11 +276,39 @@ def conform(df: pd.DataFrame, dataset: dict, *, require_label: bool = True, weig
             out[name] = to_float(df[name], name, missing_ok=True)
         elif kind == "categorical":
             out[name] = to_text(df[name])
+        elif kind in ("sequence", "tags"):
+            out[name] = to_sequence(df[name], name, feature.get("sep", SEP))
         else:
-            raise DataError(f"feature {name!r}: unknown type {kind!r} (expected numeric, categorical or cross)")
+            raise DataError(f"feature {name!r}: unknown type {kind!r} (expected numeric, categorical, sequence, "
+                            "tags or cross)")
+    _check_aligned(out, [f for f in features if f.get("type") == "sequence"])
     for name in crossed:
         out[name] = to_text(df[name])
+    split_column = dataset.get("split_column")
+    if split_column and split_column in df.columns:
+        out[split_column] = to_text(df[split_column])
     return pd.DataFrame(out, index=pd.RangeIndex(len(df)))
+
+
+def _check_aligned(columns: dict, sequences: list[dict]) -> None:
+    """The `sequence` features of a dataset describe one history (an item, its category, the time
+    since): every row has as many items in each. A mismatch is a DataError naming both columns and
+    the first row."""
+    if len(sequences) < 2:
+        return
+    lengths = {}
+    for f in sequences:
+        sep = f.get("sep", SEP)
+        # Items as the preprocessing counts them: blank items (between two separators) are dropped.
+        lengths[f["name"]] = np.array([sum(1 for x in v.split(sep) if x.strip()) for v in columns[f["name"]]])
+    first = sequences[0]["name"]
+    for name, n in lengths.items():
+        bad = np.flatnonzero(n != lengths[first])
+        if len(bad):
+            r = bad[0]
+            raise DataError(f"column {name!r}, row {r + 1}: {n[r]} items, but {first!r} has {lengths[first][r]}; "
+                            "the sequence features of a dataset are one history and align item by item "
+                            f"({len(bad)} row{'s' if len(bad) > 1 else ''} in all)")
 
 
 def _check_columns(df: pd.DataFrame, dataset: dict, expected: list[str]) -> None:
@@ -320,6 +356,23 @@ def _listing(columns, limit: int = 30) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ split
+
+SPLIT_PARTS = ("train", "validation", "test")
+
+
+def split_by_column(df: pd.DataFrame, column: str):
+    """(train, validation, test) as a loader assigned them in `column` (a time-ordered, per-user split),
+    each keeping the data's row order; the column itself is dropped."""
+    values = df[column].astype(str)
+    bad = np.flatnonzero(~values.isin(SPLIT_PARTS).to_numpy())
+    if len(bad):
+        raise DataError(f"column {column!r}, row {bad[0] + 1}: {values.iloc[bad[0]]!r} is not one of "
+                        f"{', '.join(SPLIT_PARTS)}")
+    parts = tuple(df[values == p].drop(columns=[column]).reset_index(drop=True) for p in SPLIT_PARTS)
+    if len(parts[0]) == 0:
+        raise DataError(f"column {column!r} puts no row in 'train'")
+    return parts
+
 
 def split(df: pd.DataFrame, seed: int = 0, validation: float = 0.1, test: float = 0.1):
     """A seeded random split into (train, validation, test), each keeping the data's row order.

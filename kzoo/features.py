@@ -13,7 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kzoo.columns import raw_column
+from kzoo.columns import SEP, raw_column, to_sequence
+
+ID_TYPES = ("categorical", "sequence", "tags")
+LIST_TYPES = ("sequence", "tags")
+PAD = -1  # the id of a padded position of a sequence/tags input (blocks mask it out)
 
 OOV = 1  # one out-of-vocabulary id (id 0) per vocabulary lookup
 # A cross's id is keras.layers.Hashing(num_bins=hash_buckets) of its columns' values as strings
@@ -36,19 +40,52 @@ def fit_stats(features: list[dict], train: pd.DataFrame) -> dict:
                 x = _log(x)
             std = float(x.std()) if len(x) else 1.0
             stats[f["name"]] = {"mean": float(x.mean()) if len(x) else 0.0, "std": std if std > 1e-12 else 1.0}
-        elif f["type"] == "categorical" and ("vocab" in f or not any(k in f for k in ("hash_buckets", "max_id"))):
+        elif f["type"] in ID_TYPES and ("vocab" in f or not any(k in f for k in ("hash_buckets", "max_id"))):
             table = f.get("embedding")
             if table:  # features sharing a table share one vocabulary, learned on all their columns
                 shared_vocab.setdefault(table, [])
                 shared_vocab[table].append(f["name"])
             else:
-                stats[f["name"]] = {"vocab": _vocabulary(train[f["name"]], f.get("vocab", {}))}
+                stats[f["name"]] = {"vocab": _vocabulary(_values(train, f), f.get("vocab", {}))}
+    by_name = {f["name"]: f for f in features}
     for table, names in shared_vocab.items():
-        spec = next(f.get("vocab", {}) for f in features if f["name"] == names[0])
-        vocab = _vocabulary(pd.concat([train[n] for n in names], ignore_index=True), spec)
+        spec = by_name[names[0]].get("vocab", {})
+        vocab = _vocabulary(pd.concat([_values(train, by_name[n]) for n in names], ignore_index=True), spec)
         for n in names:
             stats[n] = {"vocab": vocab}
     return stats
+
+
+def _values(frame: pd.DataFrame, feature: dict) -> pd.Series:
+    """The values a vocabulary counts: a categorical column, or every item of a sequence/tags column."""
+    column = frame[feature["name"]]
+    if feature["type"] not in LIST_TYPES:
+        return column
+    sep = feature.get("sep", SEP)
+    items = column.astype(str).str.split(sep, regex=False).explode().str.strip()
+    return items[items.notna() & (items != "")].reset_index(drop=True)
+
+
+def sequence_report(features: list[dict], stats: dict, frame: pd.DataFrame) -> dict:
+    """Per sequence/tags feature of `frame`: rows, mean and max items, rows cut by `max_len`, empty
+    rows, and items outside the vocabulary (mapped to the OOV id). For the run's report."""
+    out = {}
+    for f in features:
+        if f["type"] not in LIST_TYPES or f["name"] not in frame.columns:
+            continue
+        sep = f.get("sep", SEP)
+        items = frame[f["name"]].astype(str).str.split(sep, regex=False)
+        counts = items.map(lambda xs: sum(1 for x in xs if x.strip()))
+        entry = {"rows": int(len(frame)), "mean_items": round(float(counts.mean()), 3) if len(frame) else 0.0,
+                 "max_items": int(counts.max()) if len(frame) else 0,
+                 "rows_cut_to_max_len": int((counts > f["max_len"]).sum()), "empty_rows": int((counts == 0).sum())}
+        if "vocab" in stats.get(f["name"], {}):
+            known = set(stats[f["name"]]["vocab"])
+            flat = _values(frame, f)
+            entry["items"] = int(len(flat))
+            entry["oov_items"] = int((~flat.isin(known)).sum())
+        out[f["name"]] = entry
+    return out
 
 
 def _vocabulary(column: pd.Series, spec: dict) -> list[str]:
@@ -73,14 +110,21 @@ def input_size(feature: dict, stats: dict) -> int | None:
 
 
 def raw_dtype(feature: dict) -> str:
-    """The dtype a client sends for a raw feature."""
+    """The dtype a client sends for a raw feature (a sequence is one string of items joined by its `sep`)."""
     if feature["type"] == "numeric":
         return "float32"
+    if feature["type"] in LIST_TYPES:
+        return "string"
     return "int64" if "max_id" in feature else "string"
 
 
 def model_dtype(feature: dict) -> str:
     return "float32" if feature["type"] == "numeric" else "int32"
+
+
+def model_shape(feature: dict) -> tuple:
+    """A model input's shape without the batch: (max_len,) ids for a sequence/tags, else (1,)."""
+    return (int(feature["max_len"]),) if feature["type"] in LIST_TYPES else (1,)
 
 
 def raw_inputs(features: list[dict], used: list[str]) -> list[dict]:
@@ -148,6 +192,9 @@ class Preprocessor:
                     x = (x - s["mean"]) / s["std"]
                 out[name] = tf.reshape(x, [-1, 1])
                 continue
+            if f["type"] in LIST_TYPES:
+                out[name] = self._items(f, raw[name])
+                continue
             if f["type"] == "cross":
                 parts = [tf.strings.as_string(raw[c]) if raw[c].dtype != tf.string else raw[c] for c in f["columns"]]
                 value = tf.strings.join([tf.reshape(p, [-1]) for p in parts], separator=CROSS_SEPARATOR)
@@ -159,6 +206,24 @@ class Preprocessor:
                 ids = self.layers[name](tf.reshape(raw[name], [-1]))
             out[name] = tf.reshape(tf.cast(ids, tf.int32), [-1, 1])
         return out
+
+    def _items(self, f: dict, raw):
+        """A sequence/tags string column -> (batch, max_len) int32 ids: split on `sep`, blanks dropped,
+        the last `max_len` items kept (oldest first), PAD (-1) after them."""
+        tf = self.tf
+        tokens = tf.strings.strip(tf.strings.split(tf.reshape(raw, [-1]), sep=f.get("sep", SEP)))
+        tokens = tf.ragged.boolean_mask(tokens, tf.strings.length(tokens) > 0)
+        tokens = tokens[:, -int(f["max_len"]):]
+        if "max_id" in f:
+            def bounded(t):
+                whole = tf.strings.regex_full_match(t, r"-?[0-9]{1,18}")
+                x = tf.strings.to_number(tf.where(whole, t, "-1"), tf.int64)
+                return tf.where((x < 0) | (x > f["max_id"]), tf.constant(f["max_id"] + 1, tf.int64), x)
+            flat = bounded(tokens.flat_values)
+        else:
+            flat = self.layers[f["name"]](tokens.flat_values)  # a backend array when called eagerly off tf.data
+        ids = tokens.with_flat_values(tf.cast(tf.convert_to_tensor(flat), tf.int32))
+        return ids.to_tensor(default_value=PAD, shape=[None, int(f["max_len"])])
 
     def signature(self) -> dict:
         """tf.TensorSpec per raw input, for the serving signature."""
@@ -179,13 +244,18 @@ def feature_descriptions(spec, stats: dict | None, group: str) -> list[dict]:
             size = input_size(f, {name: {"vocab": ["?"]}})
         else:
             size = input_size(f, stats)
-        desc = {"name": name, "kind": "categorical", "vocab_size": size}
+        kind = f["type"] if f["type"] in LIST_TYPES else "categorical"
+        desc = {"name": name, "kind": kind, "vocab_size": size}
         if f.get("embedding"):
             desc["table"] = f["embedding"]
+        if kind in LIST_TYPES:
+            desc["max_len"] = int(f["max_len"])
+            desc["pool"] = f.get("pool", "mean")
         out.append(desc)
     return out
 
 
 def raw_arrays(df: pd.DataFrame, raw: list[dict]) -> dict[str, np.ndarray]:
     """NumPy columns with the dtypes the preprocessing (and the serving signature) expects."""
-    return {f["name"]: raw_column(df[f["name"]], raw_dtype(f), f["name"]) for f in raw}
+    return {f["name"]: (to_sequence(df[f["name"]], f["name"], f.get("sep", SEP)) if f["type"] in LIST_TYPES
+                        else raw_column(df[f["name"]], raw_dtype(f), f["name"])) for f in raw}

@@ -19,7 +19,7 @@ import keras
 from kzoo import blocks  # noqa: F401  (registers every block family)
 from kzoo.blocks.registry import get_block
 from kzoo.errors import SpecError
-from kzoo.features import feature_descriptions, model_dtype
+from kzoo.features import feature_descriptions, model_dtype, model_shape
 from kzoo.tasks import tasks_of
 
 GROUP = "group:"
@@ -104,7 +104,8 @@ def topological_order(blocks: list[dict]) -> list[dict]:
 
 def model_inputs(spec) -> dict:
     by_name = {f["name"]: f for f in spec.features}
-    return {n: keras.Input(shape=(1,), dtype=model_dtype(by_name[n]), name=n) for n in spec.used_features()}
+    return {n: keras.Input(shape=model_shape(by_name[n]), dtype=model_dtype(by_name[n]), name=n)
+            for n in spec.used_features()}
 
 
 def _block_args(spec, b: dict, cls) -> dict:

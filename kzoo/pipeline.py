@@ -29,7 +29,8 @@ def load_for(spec: Spec, data, require_label: bool = True) -> tuple[Spec, object
 
     require_label: bool. With False, data without the label column(s) reads too (to predict on).
     """
-    frame, dataset_name = kdata.load(data)
+    frame, dataset_name = kdata.load(data, negatives=int(spec.train.get("negatives", 1)),
+                                     seed=int(spec.train.get("split", {}).get("seed", 0)))
     spec = on_dataset(spec, dataset_name)
     return spec, conform_for(spec, frame, require_label)
 
@@ -52,7 +53,11 @@ def on_dataset(spec: Spec, dataset_name: str | None) -> Spec:
 
 
 def split_frames(spec: Spec, frame):
-    """(train, validation, test) by the spec's `train.split` (seeded; 80/10/10 by default)."""
+    """(train, validation, test): by the dataset's `split_column` when the data has it (a loader's
+    time-ordered split), else by the spec's `train.split` (seeded; 80/10/10 by default)."""
+    column = spec.dataset.get("split_column")
+    if column and column in frame.columns:
+        return kdata.split_by_column(frame, column)
     split = spec.train.get("split", {})
     return kdata.split(frame, seed=split.get("seed", 0), validation=split.get("validation", 0.1),
                        test=split.get("test", 0.1))

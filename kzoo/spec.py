@@ -19,6 +19,9 @@ from kzoo.spec_schema import did_you_mean, json_path, schema, schema_problems  #
 from kzoo.tasks import task_class
 
 DATASETS_DIR = Path(__file__).parent / "datasets"
+ID_TYPES = ("categorical", "sequence", "tags")  # features whose values become ids (one, or a list)
+LIST_TYPES = ("sequence", "tags")  # a variable-length list of ids per row
+LIST_KEYS = ("max_len", "sep", "pool")
 
 
 @dataclass
@@ -171,8 +174,12 @@ def check(raw: dict, source: str | None = None) -> Spec:
             add(f"{where}.name", f"duplicate feature '{f['name']}' (also {_feature_path(raw, seen[f['name']])})")
         seen[f["name"]] = i
         modes = [k for k in ("vocab", "hash_buckets", "max_id") if k in f]
-        if f["type"] == "categorical" and len(modes) > 1:
-            add(where, f"categorical feature '{f['name']}' sets {modes}; choose one of vocab, hash_buckets, max_id")
+        if f["type"] in ID_TYPES and len(modes) > 1:
+            add(where, f"{f['type']} feature '{f['name']}' sets {modes}; choose one of vocab, hash_buckets, max_id")
+        if f["type"] in LIST_TYPES and "max_len" not in f:
+            add(where, f"{f['type']} feature '{f['name']}' needs 'max_len' (the most recent items kept)")
+        for key in [k for k in LIST_KEYS if k in f and f["type"] not in LIST_TYPES]:
+            add(f"{where}.{key}", f"'{key}' applies to sequence and tags features; '{f['name']}' is {f['type']}")
         if f["type"] == "numeric" and modes:
             add(f"{where}.{modes[0]}", f"'{modes[0]}' applies to categorical features; '{f['name']}' is numeric")
         if f["type"] == "cross":
@@ -183,6 +190,7 @@ def check(raw: dict, source: str | None = None) -> Spec:
                 if ftype != "categorical":
                     add(f"{where}.columns[{j}]",
                         f"'{col}' is not a categorical feature{did_you_mean(col, [g['name'] for g in features if g['type'] == 'categorical'])}")
+    _check_shared_tables(raw, features, add)
     labels = raw["features"].get("label", "label")
     labels = [labels] if isinstance(labels, str) else labels
     for label in labels:
@@ -307,6 +315,31 @@ def check(raw: dict, source: str | None = None) -> Spec:
     read = {x[6:] for b in raw["blocks"] if b["name"] in reachable([ref_block(t["input"]) for t in raw["tasks"]], edges)
             for x in b.get("inputs", []) if x.startswith("group:")}
     return Spec(raw=raw, source=source, groups={g: groups[g] for g in groups if g in read})
+
+
+def _check_shared_tables(raw: dict, features: list[dict], add) -> None:
+    """Features sharing an `embedding` table share its ids: one id mode (a vocabulary learned on all
+    of them, the same hash_buckets, or the same max_id), and none of them numeric."""
+    first: dict[str, int] = {}
+    for i, f in enumerate(features):
+        table = f.get("embedding")
+        if not table:
+            continue
+        where = _feature_path(raw, i)
+        if f["type"] in ("numeric", "cross"):
+            add(f"{where}.embedding", f"'{f['name']}' is {f['type']}; only categorical, sequence and tags "
+                                      "features share an embedding table")
+            continue
+        if table not in first:
+            first[table] = i
+            continue
+        g = features[first[table]]
+        mode = lambda x: (("hash_buckets", x["hash_buckets"]) if "hash_buckets" in x  # noqa: E731
+                          else ("max_id", x["max_id"]) if "max_id" in x else ("vocab", None))
+        if mode(f) != mode(g):
+            add(f"{where}.embedding", f"'{f['name']}' shares table '{table}' with '{g['name']}' but maps values to "
+                                      f"ids differently ({mode(f)[0]} vs {mode(g)[0]}); give both the same "
+                                      "vocab/hash_buckets/max_id")
 
 
 def _output_problem(ref: str, block: dict) -> str | None:

@@ -21,6 +21,7 @@ import keras
 
 from kzoo.balancing import balance
 from kzoo.evaluate import evaluate_frame
+from kzoo.features import sequence_report
 from kzoo.graph import build
 from kzoo.optim import make_model_optimizer
 from kzoo.pipeline import DEFAULT_BATCH, prepare
@@ -148,6 +149,10 @@ def train(spec, data="synthetic", out=None, *, epochs=None, batch_size=None, see
     result["seconds"] = round(time.time() - start, 2)
     result["params"] = int(model.count_params())
     # Wall time of this process's fit() (first-step compilation included; validation included).
+    used = [f for f in spec.features if f["name"] in spec.used_features()]
+    lists = sequence_report(used, stats, test_df)
+    if lists:  # items cut by max_len, empty histories, items the vocabulary never saw (OOV)
+        result["sequences"] = {"train": sequence_report(used, stats, train_df), "test": lists}
     result["fit_seconds"] = round(fit_seconds, 2)
     result["train_examples_per_s"] = round(len(train_df) * epochs_run / fit_seconds, 1) if epochs_run else None
     run.write_metrics(result)

@@ -1,6 +1,7 @@
 """Every zoo config: validates, builds, learns, exports on every backend and serves the same numbers."""
 
 import json
+import tempfile
 from pathlib import Path
 
 import keras
@@ -12,7 +13,9 @@ import kzoo
 from kzoo import data as kdata
 from kzoo import zoo_configs
 from kzoo.graph import export_tasks, serving_model
+from kzoo.pipeline import split_frames
 from kzoo.tasks import tasks_of
+from tests.real_data import movielens_slice
 from tests.tf_only import serve_fresh
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +39,8 @@ def chance_band(y) -> float:
 
 
 def zoo_data(spec, data_dir):
-    """4,000 rows for a zoo config's dataset: synthetic Criteo-shaped rows, or the first rows of the
+    """About 4,000 rows for a zoo config's dataset: synthetic Criteo-shaped rows, users 1..40 of MovieLens-100K
+    (sequence models), or the first rows of the
     real Census-Income slice for the multi-task configs (skipped only where that file is absent)."""
     name = spec.dataset.get("name")
     if name == "criteo":
@@ -56,10 +60,15 @@ def zoo_data(spec, data_dir):
             pytest.skip(f"Ali-CCP samples not present in {folder}")
         frame = pd.concat([kdata.load(f"aliccp:{p}")[0] for p in parts], ignore_index=True)
         return pd.concat([frame] * (4000 // len(frame) + 1), ignore_index=True).iloc[:4000]
+    if name == "movielens":
+        # Users 1..40 of the real MovieLens-100K (about 4,300 ratings), split by the loader: each
+        # user's last 5 ratings are the test rows, the 5 before them validation.
+        folder = movielens_slice(Path(tempfile.mkdtemp(prefix="kzoo-ml-")), users=40)
+        return kdata.load(f"movielens:{folder}")[0]
     raise AssertionError(f"zoo config {spec.name} trains on {name!r}: add its test data here")
 
 
-LEARNS = {"criteo", "census"}  # datasets the zoo test has enough real signal in to demand learning
+LEARNS = {"criteo", "census", "movielens"}  # datasets the zoo test has enough real signal in to demand learning
 
 
 @pytest.mark.parametrize("name", ZOO)
@@ -74,7 +83,7 @@ def test_zoo_config_learns_exports_and_serves_the_same_numbers(name, tmp_path, b
     assert history["loss"].iloc[1] < history["loss"].iloc[0], history
     # Learning, not luck: each task's test AUC (400 rows) above 0.5 by more than three null
     # standard deviations.
-    test = kdata.split(kdata.conform(frame, spec.dataset), seed=0)[2]
+    test = split_frames(spec, kdata.conform(frame, spec.dataset))[2]
     for task in spec.tasks if spec.dataset.get("name") in LEARNS else []:
         y = test[spec.task_label(task)].to_numpy()
         assert metrics[task["name"]]["examples"] == len(y)
