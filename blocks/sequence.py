@@ -297,7 +297,8 @@ class DIEN(Block):
 
     z an MLP with sigmoid hidden layers `aux_units` and a linear Dense(1). The negative is the
     item at t+1 of ANOTHER row of the batch (the history rolled by one row, as the paper samples
-    negatives from the item pool); a pair counts where t, t+1 and the negative's t+1 are all valid.
+    negatives from the item pool); a pair counts where t, t+1 and the negative's t+1 are all valid
+    (with L = 1 there is none, and no loss is added).
     Attention over the valid positions (padding 0): a_t = softmax_t(h_t W t), W (H, d) bilinear as
     in the paper; with `attention_units` a_t = softmax_t(MLP([h_t, q, h_t - q, h_t ⊙ q])), q = W_q t,
     the sigmoid-MLP of the authors' code. Interest evolution: AUGRU (AUGRUCell) over [h_t, a_t];
@@ -348,7 +349,6 @@ class DIEN(Block):
         shapes = _sequence_shapes(self, input_shape, ["target", "history", "mask"])
         _, length, dim = shapes["history"]
         units = self.gru_units or dim
-        self.width = units
         policy = self.dtype_policy
         self.gru = keras.layers.GRU(units, return_sequences=True, name="gru", dtype=policy)
         self.gru.build((None, length, dim))
