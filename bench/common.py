@@ -133,3 +133,15 @@ def monitor(raw: dict) -> str:
     from kzoo.spec import logged_name
 
     return "val_" + logged_name(raw, raw.get("export", {}).get("tasks", [raw["tasks"][0]["name"]])[0], "auc")
+
+
+def write_section(doc: Path, start: str, end: str, section: str) -> None:
+    """Put `section` (which begins with `start` and ends with `end`) into the markdown file `doc` in
+    place of what lies between those markers; appended once when the markers are absent."""
+    text = doc.read_text() if doc.is_file() else ""
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    doc.write_text(text)

@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO / "bench"))
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from common import data_dir  # noqa: E402
+from common import data_dir, write_section  # noqa: E402
 
 OUT_JSON = REPO / "bench" / "out" / "multitask.json"
 DOC = REPO / "docs" / "results.md"
@@ -327,15 +327,7 @@ def markdown(doc: dict) -> str:
 
 
 def write_doc(doc: dict) -> None:
-    section = markdown(doc)
-    text = DOC.read_text() if DOC.is_file() else ""
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        tail = rest.split(END, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.write_text(text)
+    write_section(DOC, START, END, markdown(doc))
 
 
 def row_key(r: dict) -> tuple:

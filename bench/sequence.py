@@ -30,7 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from common import data_dir  # noqa: E402
+from common import data_dir, write_section  # noqa: E402
 
 OUT_JSON = REPO / "bench" / "out" / "sequence.json"
 DOC = REPO / "docs" / "results.md"
@@ -141,14 +141,7 @@ def markdown(doc: dict) -> str:
 
 
 def write_doc(doc: dict) -> None:
-    section = markdown(doc)
-    text = DOC.read_text() if DOC.is_file() else ""
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.write_text(text)
+    write_section(DOC, START, END, markdown(doc))
 
 
 def environment(backend: str) -> dict:

@@ -13,6 +13,7 @@ import keras
 from keras import ops
 
 from kzoo.blocks.activations import Dice
+from kzoo.blocks.core import masked_pool
 from kzoo.blocks.base import Block, as_list, check_fraction, check_positive_int, shape_list
 from kzoo.blocks.registry import register_block
 
@@ -135,10 +136,7 @@ class SequencePooling(Block):
             # Padded values become the row's minimum, which never exceeds a valid one.
             filled = ops.where(valid, history, ops.min(history, axis=1, keepdims=True))
             return ops.where(ops.any(valid, axis=1), ops.max(filled, axis=1), ops.zeros_like(history[:, 0]))
-        total = ops.sum(history * mask, axis=1)
-        if self.mode == "sum":
-            return total
-        return total / ops.maximum(ops.sum(mask, axis=1), 1.0)
+        return masked_pool(history, x["mask"], self.mode)
 
     def compute_output_shape(self, input_shape):
         history = shape_list(input_shape)[0]

@@ -170,3 +170,28 @@ def run_layer_test(cls, init_kwargs: dict, input_data, expected_output_shape: tu
         changed = [not np.allclose(a, np.array(b)) for a, b in zip(w0, fresh.trainable_weights)]
         assert any(changed), f"{cls.__name__}: one training step changed no weight"
     return eager if several else eager[None]
+
+
+class Weights(dict):
+    """A layer's weights by path below the layer ("expert_0/dense_0/kernel"), as float64, for NumPy
+    references; records which were read, so `all_read()` fails when the reference skipped one."""
+
+    def __init__(self, layer):
+        super().__init__({w.path.split("/", 1)[1]: keras.ops.convert_to_numpy(w).astype("float64")
+                          for w in layer.weights})
+        self.read = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def all_read(self):
+        assert self.read == set(self), f"weights the NumPy version never used: {sorted(set(self) - self.read)}"
+
+
+def to_numpy(x):
+    return np.asarray(keras.ops.convert_to_numpy(x), dtype="float64")
+
+
+def close(actual, expected, tol=1e-5):
+    np.testing.assert_allclose(to_numpy(actual), expected, rtol=tol, atol=tol)

@@ -17,7 +17,7 @@ from kzoo.blocks import block_types
 from kzoo.blocks.multitask import MMoE, SharedBottom
 from kzoo.blocks.ple import CGC, PLE
 from kzoo.errors import SpecError
-from layer_test import run_layer_test  # tests/ is on sys.path (rootdir conftest, no __init__.py)
+from layer_test import Weights as _Weights, close as _close, run_layer_test, to_numpy as _np  # tests/ is on sys.path
 
 B, F, D = 4, 3, 2  # batch, fields, embedding size: the blocks flatten (B, F, D) to width 6
 X = np.random.default_rng(0).normal(size=(B, F, D)).astype("float32")
@@ -27,30 +27,6 @@ def _randomize(layer, seed=1):
     rng = np.random.default_rng(seed)
     layer.set_weights([rng.normal(scale=0.6, size=tuple(w.shape)).astype("float32") for w in layer.weights])
 
-
-class _Weights(dict):
-    """The layer's weights by path below the layer ("expert_0/dense_0/kernel"), as float64;
-    records which were read."""
-
-    def __init__(self, layer):
-        super().__init__({w.path.split("/", 1)[1]: keras.ops.convert_to_numpy(w).astype("float64")
-                          for w in layer.weights})
-        self.read = set()
-
-    def __getitem__(self, key):
-        self.read.add(key)
-        return super().__getitem__(key)
-
-    def all_read(self):
-        assert self.read == set(self), f"weights the NumPy version never used: {sorted(set(self) - self.read)}"
-
-
-def _np(x):
-    return np.asarray(keras.ops.convert_to_numpy(x), dtype="float64")
-
-
-def _close(actual, expected, tol=1e-5):
-    np.testing.assert_allclose(_np(actual), expected, rtol=tol, atol=tol)
 
 
 def _np_mlp(x, w, prefix, layers):

@@ -16,7 +16,7 @@ import pytest
 from kzoo.blocks import block_types
 from kzoo.blocks.activations import Dice
 from kzoo.blocks.sequence import BST, DIEN, DIN, AUGRUCell, SequencePooling, masked_softmax
-from layer_test import run_layer_test  # tests/ is on sys.path (rootdir conftest, no __init__.py)
+from layer_test import Weights as _Weights, close as _close, run_layer_test, to_numpy as _np  # tests/ is on sys.path
 
 B, L, D = 4, 5, 4
 _rng = np.random.default_rng(0)
@@ -36,29 +36,6 @@ def _randomize(layer, seed=1):
         values.append((np.abs(v) + 0.5 if w.path.endswith("moving_variance") else v).astype("float32"))
     layer.set_weights(values)
 
-
-class _Weights(dict):
-    """The layer's weights by path below the layer ("gru/gru_cell/kernel"), as float64; records which were read."""
-
-    def __init__(self, layer):
-        super().__init__({w.path.split("/", 1)[1]: keras.ops.convert_to_numpy(w).astype("float64")
-                          for w in layer.weights})
-        self.read = set()
-
-    def __getitem__(self, key):
-        self.read.add(key)
-        return super().__getitem__(key)
-
-    def all_read(self):
-        assert self.read == set(self), f"weights the NumPy version never used: {sorted(set(self) - self.read)}"
-
-
-def _np(x):
-    return np.asarray(keras.ops.convert_to_numpy(x), dtype="float64")
-
-
-def _close(actual, expected, tol=1e-5):
-    np.testing.assert_allclose(_np(actual), expected, rtol=tol, atol=tol)
 
 
 def _sigmoid(x):
