@@ -21,7 +21,10 @@ class Dice(keras.layers.Layer):
 
     Args:
         epsilon: float. Added to the variance. Defaults to `1e-9` (the paper's 1e-8 order).
-        momentum: float. Momentum of the moving statistics. Defaults to `0.99`.
+        momentum: float. Momentum of the moving statistics (Keras' convention: the weight of the old
+            value). Defaults to `0.9`, torch's BatchNorm default (FuxiCTR's and the DIN authors'
+            Dice): Keras' usual 0.99 forgets its initial statistics only after ~460 steps, so a
+            model evaluated after one short epoch served Dice with wrong statistics.
 
     Example:
     ```python
@@ -33,7 +36,7 @@ class Dice(keras.layers.Layer):
     KDD 2018. https://doi.org/10.1145/3219819.3219823
     """
 
-    def __init__(self, epsilon: float = 1e-9, momentum: float = 0.99, **kwargs):
+    def __init__(self, epsilon: float = 1e-9, momentum: float = 0.9, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or epsilon <= 0:
             raise ValueError(f"`epsilon` must be a positive number, received {epsilon!r}")

@@ -207,12 +207,22 @@ class DIN(Block):
         self.score.build(shape)
 
     def _attention(self, target, history, mask, training=None):
-        t = ops.expand_dims(target, 1) * ops.ones_like(history[..., :1])  # (batch, L, d)
-        x = ops.concatenate([history, t, history - t, history * t], axis=-1)
-        for dense, act in zip(self.hidden, self.hidden_activations):
-            x = dense(x)
+        # The first layer on [h, t, h - t, h ⊙ t] without building that (batch, L, 4d) input: with its
+        # kernel cut in four row blocks W_h, W_t, W_d, W_p,
+        #     [h, t, h - t, h ⊙ t] W = h (W_h + W_d) + (h ⊙ t) W_p + t (W_t - W_d)
+        # and the t term is computed once per row, not once per position: half the first layer's
+        # multiply-adds (the layer that dominates), the same function and the same weights.
+        first = self.hidden[0] if self.hidden else self.score
+        d = history.shape[-1]
+        kernel = ops.cast(first.kernel, history.dtype)
+        w_h, w_t, w_d, w_p = kernel[:d], kernel[d:2 * d], kernel[2 * d:3 * d], kernel[3 * d:]
+        x = (ops.matmul(history, w_h + w_d) + ops.matmul(history * ops.expand_dims(target, 1), w_p)
+             + ops.expand_dims(ops.matmul(target, w_t - w_d) + ops.cast(first.bias, history.dtype), 1))
+        for i, act in enumerate(self.hidden_activations):
+            if i > 0:
+                x = self.hidden[i](x)
             x = act(x, training=training, mask=mask) if isinstance(act, Dice) else act(x)
-        scores = ops.squeeze(self.score(x), -1)
+        scores = ops.squeeze(self.score(x) if self.hidden else x, -1)
         return masked_softmax(scores, mask) if self.softmax else scores * mask
 
     def attention(self, target, history, mask, training=False):
