@@ -47,7 +47,7 @@ def units(text: str) -> list[int]:
 
 
 def din_spec(dataset: dict, features: list[str], dim: int, attention_units: list[int], mlp: list[int], lr: float,
-             batch_size: int, epochs: int, max_len: int) -> dict:
+             batch_size: int, epochs: int, max_len: int, initializer_scale: float = 0.05) -> dict:
     """zoo_configs/din.json's graph, inline, on `features` of kzoo's MovieLens schema."""
     chosen = []
     for f in dataset["features"]:
@@ -67,7 +67,8 @@ def din_spec(dataset: dict, features: list[str], dim: int, attention_units: list
         "features": {**{k: v for k, v in dataset.items() if k != "features"}, "features": chosen},
         "groups": {"all": ["*"]},
         "blocks": [
-            {"name": "emb", "type": "SequenceEmbedding", "inputs": ["group:all"], "args": {"dim": dim}},
+            {"name": "emb", "type": "SequenceEmbedding", "inputs": ["group:all"],
+             "args": {"dim": dim, "initializer_scale": initializer_scale}},
             {"name": "interest", "type": "DIN", "inputs": ["emb.target", "emb.history", "emb.mask"],
              "args": {"units": attention_units, "activation": "dice"}},
             {"name": "joined", "type": "Concat", "inputs": ["emb.fields", "interest"]},
@@ -88,6 +89,8 @@ def main(argv=None) -> int:
     p.add_argument("--attention-units", default="80,40")
     p.add_argument("--mlp", default="200,80")
     p.add_argument("--max-len", type=int, default=50)
+    p.add_argument("--initializer-scale", type=float, default=0.05,
+                   help="std of the embedding tables' normal init (kzoo's default 0.05; FuxiCTR's is 1e-4)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--epochs", type=int, default=1)
@@ -115,7 +118,8 @@ def main(argv=None) -> int:
     if not data.startswith("movielens:"):
         data = pd.read_pickle(data)
     spec = din_spec(kdata.bundled_dataset("movielens"), args.features.split(","), args.embedding_dim,
-                    units(args.attention_units), units(args.mlp), args.lr, args.batch_size, args.epochs, args.max_len)
+                    units(args.attention_units), units(args.mlp), args.lr, args.batch_size, args.epochs, args.max_len,
+                    args.initializer_scale)
 
     keras.utils.set_random_seed(args.seed)  # as kzoo.train: seed, then prepare / build / compile / fit
     t0 = time.perf_counter()
