@@ -7,5 +7,4 @@ from kzoo.blocks.registry import block_types, get_block, register_block  # noqa:
 from kzoo.blocks import core, interaction  # noqa: F401  (registration side effect)
 from kzoo.blocks import distill, ranking  # noqa: F401
 from kzoo.blocks import multitask, ple  # noqa: F401
-from kzoo.blocks import sequence_input  # noqa: F401
-from kzoo.blocks import sequence  # noqa: F401
+from kzoo.blocks import dien, sequence, sequence_input  # noqa: F401

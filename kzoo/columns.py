@@ -8,6 +8,7 @@ the same raw values become the same tensors:
     to_text(column)                      str, "" for missing, whole floats without ".0"
     to_ids(column, name)                 int64 ids read from their text, -1 for missing
     to_sequence(column, name, sep)       str, a list's items joined by `sep` ("" for an empty or missing list)
+    item_counts(texts, sep)              items per joined sequence string (blank items not counted)
     raw_column(column, dtype, name)      one of the above by dtype name (float32, int64, string, ...)
 
 Bad values raise DataError naming the column and the 1-based row.
@@ -74,6 +75,12 @@ def _category(value) -> str:
     if isinstance(value, (list, tuple, np.ndarray)):  # a list sent for a sequence input
         return SEP.join(_category(v) for v in value)
     return str(value)
+
+
+def item_counts(texts, sep: str = SEP) -> np.ndarray:
+    """Items per joined sequence string, counted as the preprocessing counts them: blank items
+    (between two separators, or an empty string) are not items."""
+    return np.array([sum(1 for x in str(v).split(sep) if x.strip()) for v in texts], dtype=np.int64)
 
 
 def to_sequence(column: pd.Series, name: str, sep: str = SEP) -> np.ndarray:

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kzoo.columns import SEP, to_float, to_sequence, to_text  # noqa: F401  (re-exported)
+from kzoo.columns import SEP, item_counts, to_float, to_sequence, to_text  # noqa: F401  (re-exported)
+from kzoo.features import LIST_TYPES
 from kzoo.errors import DataError
 from kzoo.loaders_multitask import (  # noqa: F401  (re-exported)
     mmoe_synthetic, mmoe_synthetic_argument, read_aliccp, read_aliexpress, read_census)
@@ -276,7 +277,7 @@ def conform(df: pd.DataFrame, dataset: dict, *, require_label: bool = True, weig
             out[name] = to_float(df[name], name, missing_ok=True)
         elif kind == "categorical":
             out[name] = to_text(df[name])
-        elif kind in ("sequence", "tags"):
+        elif kind in LIST_TYPES:
             out[name] = to_sequence(df[name], name, feature.get("sep", SEP))
         else:
             raise DataError(f"feature {name!r}: unknown type {kind!r} (expected numeric, categorical, sequence, "
@@ -296,11 +297,7 @@ def _check_aligned(columns: dict, sequences: list[dict]) -> None:
     the first row."""
     if len(sequences) < 2:
         return
-    lengths = {}
-    for f in sequences:
-        sep = f.get("sep", SEP)
-        # Items as the preprocessing counts them: blank items (between two separators) are dropped.
-        lengths[f["name"]] = np.array([sum(1 for x in v.split(sep) if x.strip()) for v in columns[f["name"]]])
+    lengths = {f["name"]: item_counts(columns[f["name"]], f.get("sep", SEP)) for f in sequences}
     first = sequences[0]["name"]
     for name, n in lengths.items():
         bad = np.flatnonzero(n != lengths[first])

@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kzoo.columns import SEP, raw_column, to_sequence
+from kzoo.columns import SEP, item_counts, raw_column, to_sequence
 
-ID_TYPES = ("categorical", "sequence", "tags")
-LIST_TYPES = ("sequence", "tags")
+ID_TYPES = ("categorical", "sequence", "tags")  # features whose values become ids (one, or a list)
+LIST_TYPES = ("sequence", "tags")  # a variable-length list of ids per row
 PAD = -1  # the id of a padded position of a sequence/tags input (blocks mask it out)
 
 OOV = 1  # one out-of-vocabulary id (id 0) per vocabulary lookup
@@ -73,9 +73,7 @@ def sequence_report(features: list[dict], stats: dict, frame: pd.DataFrame) -> d
     for f in features:
         if f["type"] not in LIST_TYPES or f["name"] not in frame.columns:
             continue
-        sep = f.get("sep", SEP)
-        items = frame[f["name"]].astype(str).str.split(sep, regex=False)
-        counts = items.map(lambda xs: sum(1 for x in xs if x.strip()))
+        counts = pd.Series(item_counts(frame[f["name"]], f.get("sep", SEP)))
         entry = {"rows": int(len(frame)), "mean_items": round(float(counts.mean()), 3) if len(frame) else 0.0,
                  "max_items": int(counts.max()) if len(frame) else 0,
                  "rows_cut_to_max_len": int((counts > f["max_len"]).sum()), "empty_rows": int((counts == 0).sum())}

@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kzoo.errors import SpecError
+from kzoo.features import ID_TYPES, LIST_TYPES
 from kzoo.graph import edges as block_edges, find_cycle, reachable, ref_block, ref_output
 from kzoo.spec_schema import did_you_mean, json_path, schema, schema_problems  # noqa: F401  (re-exported)
 from kzoo.tasks import task_class
 
 DATASETS_DIR = Path(__file__).parent / "datasets"
-ID_TYPES = ("categorical", "sequence", "tags")  # features whose values become ids (one, or a list)
-LIST_TYPES = ("sequence", "tags")  # a variable-length list of ids per row
 LIST_KEYS = ("max_len", "sep", "pool")
 
 

@@ -15,7 +15,8 @@ import pytest
 
 from kzoo.blocks import block_types
 from kzoo.blocks.activations import Dice
-from kzoo.blocks.sequence import BST, DIEN, DIN, AUGRUCell, SequencePooling, masked_softmax
+from kzoo.blocks.dien import DIEN, AUGRUCell
+from kzoo.blocks.sequence import BST, DIN, SequencePooling, masked_softmax
 from layer_test import Weights as _Weights, close as _close, run_layer_test, to_numpy as _np  # tests/ is on sys.path
 
 B, L, D = 4, 5, 4
