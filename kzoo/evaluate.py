@@ -10,13 +10,17 @@ from kzoo.predict import predict_frame
 from kzoo.tasks import tasks_of
 
 
-def evaluate_frame(model, spec, pre, frame, batch_size: int = 4096) -> dict:
+def evaluate_frame(model, spec, pre, frame, batch_size: int = 4096, tasks=None) -> dict:
     """{output: report, "examples": n}: binary tasks get AUC/logloss/ECE..., regression MSE/MAE..., a
-    conditional task its joint and its conditional (on the parent's positives)."""
+    conditional task its joint and its conditional (on the parent's positives), a retrieval task
+    Recall@K / NDCG@K against its item corpus beside a popularity baseline. `tasks`: the fitted
+    Task objects (a retrieval task needs its corpus), else tasks_of(spec)."""
     served = predict_frame(model, spec, pre, frame, batch_size)
     result: dict = {}
-    for task in tasks_of(spec):
+    for task in tasks if tasks is not None else tasks_of(spec):
         result.update(task.report(frame, served))
+        if hasattr(task, "rank_report"):
+            result[task.name].update(task.rank_report(model, spec, pre, frame, batch_size)[task.name])
     result["examples"] = int(len(frame))
     return result
 
@@ -33,4 +37,4 @@ def evaluate(run, data=None) -> dict:
         frame = split_frames(spec, frame)[2]
     else:
         spec, frame = load_for(spec, data)
-    return evaluate_frame(run.model(), spec, run.preprocessor(), frame)
+    return evaluate_frame(run.model(), spec, run.preprocessor(), frame, tasks=run.tasks(spec))

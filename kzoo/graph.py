@@ -14,6 +14,8 @@ when re-walking it — so the serving graph cannot drift from the trained one.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import keras
 
 from kzoo import blocks  # noqa: F401  (registers every block family)
@@ -116,9 +118,20 @@ def _block_args(spec, b: dict, cls) -> dict:
     return args
 
 
+class Walk(NamedTuple):
+    """What `walk` returns: the model inputs by feature, the training outputs by task, the served
+    outputs by output name, the features read, and each task's head output (a retrieval task's
+    (query, item) embeddings)."""
+
+    inputs: dict
+    outputs: dict
+    served: dict
+    used: list
+    heads: dict
+
+
 def walk(spec, stats: dict | None = None, model: keras.Model | None = None, tasks: list[str] | None = None):
-    """One pass over the spec's graph. Returns (inputs, training outputs by task, served outputs by output
-    name, features read); a training walk leaves the served outputs empty, a serving walk the training ones.
+    """One pass over the spec's graph, as a `Walk`; a training walk leaves the served outputs empty, a serving walk the training ones.
 
     With `model` None, new layers are made (sized by `stats`); otherwise `model`'s trained layers
     are reused, loss-only blocks are skipped (their student input is passed on) and only the
@@ -136,7 +149,7 @@ def walk(spec, stats: dict | None = None, model: keras.Model | None = None, task
     graph = edges(spec.blocks)
     if serving:  # a loss-only block reads only its last (student) input once exported
         graph = {n: (refs[-1:] if get_block(by_name[n]["type"]).loss_only else refs) for n, refs in graph.items()}
-    visit = reachable([ref_block(t.input) for t in wanted], graph)
+    visit = reachable([ref_block(r) for t in wanted for r in t.inputs], graph)
 
     def layer(name, make):
         return model.get_layer(name) if serving else make()
@@ -172,7 +185,7 @@ def walk(spec, stats: dict | None = None, model: keras.Model | None = None, task
             tensors[name] = layer(name, make)(x)
         except (ValueError, TypeError) as e:
             raise SpecError([(f"blocks[{index[name]}]", f"{b['type']} '{name}': {e}")], spec.source) from None
-    logits = {t.name: t.head(tensor(t.input), layer) for t in wanted}
+    logits = {t.name: t.head(*[tensor(r) for r in t.inputs], layer=layer) for t in wanted}
     outputs: dict = {}
     served: dict = {}
     for t in wanted:
@@ -183,7 +196,7 @@ def walk(spec, stats: dict | None = None, model: keras.Model | None = None, task
     if tasks is not None:  # only the asked tasks' outputs (a parent walked for its logit is not served)
         served = {k: v for t in wanted if t.name in tasks for k, v in served.items() if k in t.output_names()}
     used = [n for n in spec.used_features() if n in read]
-    return {n: inputs[n] for n in used}, outputs, served, used
+    return Walk({n: inputs[n] for n in used}, outputs, served, used, logits)
 
 
 def build(spec, stats: dict | None = None) -> keras.Model:
@@ -192,7 +205,7 @@ def build(spec, stats: dict | None = None) -> keras.Model:
     `stats` (kzoo.features.fit_stats) sizes the vocabularies; without it the graph is built with
     placeholder sizes, which is enough to check shapes.
     """
-    inputs, outputs, _, _ = walk(spec, stats)
+    inputs, outputs, _, _, _ = walk(spec, stats)
     try:
         return keras.Model(inputs, outputs, name=spec.name)
     except ValueError as e:
@@ -209,8 +222,17 @@ def serving_model(spec, model: keras.Model, tasks: list[str] | None = None) -> t
     trained layers of `model`: served outputs (probabilities, values) by output name (a task's name;
     a conditional task adds its conditional probability). Returns the model and the features it reads."""
     tasks = tasks or export_tasks(spec)
-    inputs, _, served, used = walk(spec, model=model, tasks=tasks)
+    inputs, _, served, used, _ = walk(spec, model=model, tasks=tasks)
     return keras.Model(inputs, served, name=f"{spec.name}_serving"), used
+
+
+def features_reached(spec, ref: str) -> list[str]:
+    """The features block `ref` reads, directly or through the blocks under it, in schema order."""
+    by_name = {b["name"]: b for b in spec.blocks}
+    groups = {x[len(GROUP):] for n in reachable([ref_block(ref)], edges(spec.blocks))
+              for x in by_name[n].get("inputs", []) if x.startswith(GROUP)}
+    read = {f for g in groups for f in spec.groups.get(g, [])}
+    return [n for n in spec.used_features() if n in read]
 
 
 def export_tasks(spec) -> list[str]:

@@ -63,9 +63,10 @@ def split_frames(spec: Spec, frame):
                        test=split.get("test", 0.1))
 
 
-def labels_of(frame, spec: Spec) -> tuple[dict, dict | None]:
-    """({task: (n, 1) float32 labels}, {task: (n,) row weights} or None when no task weighs rows)."""
-    tasks = tasks_of(spec)
+def labels_of(frame, spec: Spec, tasks=None) -> tuple[dict, dict | None]:
+    """({task: (n, 1) float32 labels}, {task: (n,) row weights} or None when no task weighs rows).
+    `tasks`: the fitted Task objects (kzoo.tasks.tasks_of(spec) when None)."""
+    tasks = tasks if tasks is not None else tasks_of(spec)
     labels = {t.name: t.labels(frame) for t in tasks}
     if not any(t.weighted for t in tasks):
         return labels, None
@@ -73,14 +74,24 @@ def labels_of(frame, spec: Spec) -> tuple[dict, dict | None]:
     return labels, {t.name: t.sample_weights(frame, seed) for t in tasks}
 
 
-def make_dataset(frame, spec: Spec, pre: Preprocessor, batch_size: int, with_labels: bool = True):
+def make_dataset(frame, spec: Spec, pre: Preprocessor, batch_size: int, with_labels: bool = True, tasks=None,
+                 training: bool = False):
     """Batches of model inputs (and {task: label}, plus {task: weight} when a task weighs rows, with
-    `with_labels`); preprocessing runs in tf.data, then is cached."""
+    `with_labels`: then only the rows the tasks train on, e.g. a retrieval task's positives);
+    preprocessing runs in tf.data, then is cached. `tasks`: the fitted Task objects; `training`:
+    the batches are the training split's (a task may add to them after the cache, e.g. uniformly
+    sampled negatives drawn afresh each epoch)."""
+    import numpy as np
     import tensorflow as tf
 
+    tasks = tasks if tasks is not None else tasks_of(spec)
+    if with_labels:
+        keep = [k for k in (t.keep_rows(frame) for t in tasks) if k is not None]
+        if keep:
+            frame = frame[np.logical_and.reduce(keep)]
     x = raw_arrays(frame, pre.raw)
     if with_labels:
-        labels, weights = labels_of(frame, spec)
+        labels, weights = labels_of(frame, spec, tasks)
         if weights is None:
             ds = tf.data.Dataset.from_tensor_slices((x, labels))
             ds = ds.batch(batch_size).map(lambda a, b: (pre(a), b), num_parallel_calls=tf.data.AUTOTUNE)
@@ -89,7 +100,11 @@ def make_dataset(frame, spec: Spec, pre: Preprocessor, batch_size: int, with_lab
             ds = ds.batch(batch_size).map(lambda a, b, w: (pre(a), b, w), num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = tf.data.Dataset.from_tensor_slices(x).batch(batch_size).map(pre, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.cache().prefetch(tf.data.AUTOTUNE)
+    ds = ds.cache()
+    if with_labels and training:
+        for t in tasks:
+            ds = t.augment(ds, spec, pre)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 @dataclass
@@ -102,6 +117,7 @@ class Prepared:
         preprocessor: raw columns -> model inputs (kzoo.features.Preprocessor).
         frames: {"train", "validation", "test"} conformed raw DataFrames.
         batch_size: batch size of `train` / `validation` / `test`.
+        tasks: the spec's Task objects, fitted on the frames (a retrieval task's item corpus).
     """
 
     spec: Spec
@@ -109,6 +125,7 @@ class Prepared:
     preprocessor: Preprocessor
     frames: dict
     batch_size: int = DEFAULT_BATCH
+    tasks: list = field(default_factory=list)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def dataset(self, part: str, batch_size: int | None = None, labels: bool = True):
@@ -118,7 +135,8 @@ class Prepared:
             raise ValueError(f"part must be one of {sorted(self.frames)}, received {part!r}")
         key = (part, batch_size or self.batch_size, labels)
         if key not in self._cache:
-            self._cache[key] = make_dataset(self.frames[part], self.spec, self.preprocessor, key[1], labels)
+            self._cache[key] = make_dataset(self.frames[part], self.spec, self.preprocessor, key[1], labels,
+                                            self.tasks or None, training=part == "train")
         return self._cache[key]
 
     @property
@@ -156,6 +174,9 @@ def prepare(spec, data="synthetic", batch_size: int | None = None) -> Prepared:
     train, validation, test = split_frames(spec, frame)
     stats = fit_stats(spec.features, train)
     pre = Preprocessor(spec.features, stats, spec.used_features())
-    return Prepared(spec=spec, stats=stats, preprocessor=pre,
-                    frames={"train": train, "validation": validation, "test": test},
-                    batch_size=int(batch_size or spec.train.get("batch_size", DEFAULT_BATCH)))
+    frames = {"train": train, "validation": validation, "test": test}
+    batch_size = int(batch_size or spec.train.get("batch_size", DEFAULT_BATCH))
+    tasks = tasks_of(spec)
+    for t in tasks:
+        t.fit(spec, frames, batch_size)
+    return Prepared(spec=spec, stats=stats, preprocessor=pre, frames=frames, batch_size=batch_size, tasks=tasks)

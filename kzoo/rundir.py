@@ -115,6 +115,15 @@ class RunDir:
         self.check()
         return keras.models.load_model(self.path / "model.keras", compile=False)
 
+    def tasks(self, spec=None) -> list:
+        """The spec's Task objects with what training saved for them (a retrieval task's corpus)."""
+        from kzoo.tasks import tasks_of
+
+        out = tasks_of(spec or self.spec())
+        for t in out:
+            t.load(self.path)
+        return out
+
     def preprocessor(self, used: list[str] | None = None):
         """The raw -> model-input stage with this run's training statistics."""
         from kzoo.features import Preprocessor

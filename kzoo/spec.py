@@ -258,10 +258,11 @@ def check(raw: dict, source: str | None = None) -> Spec:
         if t["name"] in task_names:
             add(f"tasks[{i}].name", f"duplicate task name '{t['name']}'")
         task_names[t["name"]] = i
-        if ref_block(t["input"]) not in block_names:
-            add(f"tasks[{i}].input", f"'{t['input']}' is not a block{did_you_mean(t['input'], block_names)}")
-        elif (problem := _output_problem(t["input"], raw["blocks"][block_names[ref_block(t["input"])]])) is not None:
-            add(f"tasks[{i}].input", problem)
+        for key, ref in task_refs(t).items():
+            if ref_block(ref) not in block_names:
+                add(f"tasks[{i}].{key}", f"'{ref}' is not a block{did_you_mean(ref, block_names)}")
+            elif (problem := _output_problem(ref, raw["blocks"][block_names[ref_block(ref)]])) is not None:
+                add(f"tasks[{i}].{key}", problem)
         if t.get("gauc_by") and t["gauc_by"] not in seen:
             add(f"tasks[{i}].gauc_by", f"'{t['gauc_by']}' is not a feature of the dataset{did_you_mean(t['gauc_by'], seen)}")
         if t.get("label") and t["label"] not in labels:
@@ -301,7 +302,7 @@ def check(raw: dict, source: str | None = None) -> Spec:
     if cycle:
         add(f"blocks[{block_names[cycle[0]]}].inputs", f"cycle: {' -> '.join(cycle)}")
     elif not problems:
-        used = reachable([ref_block(t["input"]) for t in raw["tasks"]], edges)
+        used = reachable(task_blocks(raw), edges)
         for i, b in enumerate(raw["blocks"]):
             if b["name"] not in used:
                 add(f"blocks[{i}]", f"block '{b['name']}' is not used by any task or block; remove it or wire it in")
@@ -311,9 +312,24 @@ def check(raw: dict, source: str | None = None) -> Spec:
                 add(f"groups.{g}", f"group '{g}' is read by no block")
     if problems:
         raise SpecError(problems, source)
-    read = {x[6:] for b in raw["blocks"] if b["name"] in reachable([ref_block(t["input"]) for t in raw["tasks"]], edges)
+    read = {x[6:] for b in raw["blocks"] if b["name"] in reachable(task_blocks(raw), edges)
             for x in b.get("inputs", []) if x.startswith("group:")}
-    return Spec(raw=raw, source=source, groups={g: groups[g] for g in groups if g in read})
+    spec = Spec(raw=raw, source=source, groups={g: groups[g] for g in groups if g in read})
+    late = [p for i, t in enumerate(raw["tasks"])
+            for p in task_class(t.get("type", "binary"), t)(t, spec.task_label(t)).graph_problems(spec, f"tasks[{i}]")]
+    if late:
+        raise SpecError(late, source)
+    return spec
+
+
+def task_refs(task: dict) -> dict[str, str]:
+    """{spec key: block output} a task entry reads: `input`, or a retrieval task's `query` and `item`."""
+    return {k: task[k] for k in ("input", "query", "item") if k in task}
+
+
+def task_blocks(raw: dict) -> list[str]:
+    """The blocks the spec's tasks read (the roots of the used graph)."""
+    return [ref_block(r) for t in raw["tasks"] for r in task_refs(t).values()]
 
 
 def _check_shared_tables(raw: dict, features: list[dict], add) -> None:

@@ -29,6 +29,8 @@ from kzoo import metrics as kmetrics
 from kzoo.losses import LOSSES, LogProbBCE, loss_config, make_loss
 
 _TASKS: dict[str, type] = {}
+RETRIEVAL_KEYS = ("query", "item", "item_id", "temperature", "normalize", "logq", "remove_accidental_hits",
+                  "hard_negatives", "uniform_negatives", "k")
 
 
 def register_task(cls):
@@ -92,7 +94,7 @@ class Task:
     def __init__(self, config: dict, label: str):
         self.config = config
         self.name: str = config["name"]
-        self.input: str = config["input"]
+        self.input: str = config.get("input", "")
         self.label = label
         self.weight = float(config.get("loss_weight", 1.0))
         self.parent: Task | None = None  # the task a conditional task is `given`
@@ -102,6 +104,36 @@ class Task:
         """Whether rows carry weights other than 1 (sample weights, a label mask, downsampling)."""
         return any(k in self.config for k in ("sample_weight", "mask_by", "negative_sampling")) or \
             self.config.get("missing_label") == "mask"
+
+    @property
+    def inputs(self) -> list[str]:
+        """The block outputs the head reads (a retrieval task reads a query and an item tower)."""
+        return [self.input]
+
+    def fit(self, spec, frames: dict, batch_size: int) -> None:
+        """Learn what the task needs from the split frames before training ({"train", "validation",
+        "test"}; a retrieval task collects its item corpus). Nothing for most types."""
+
+    def augment(self, ds, spec, pre):
+        """The training batches, after the cache, with what this task adds to each (a retrieval task's
+        uniformly sampled negatives). Unchanged for most types."""
+        return ds
+
+    def save(self, folder) -> None:
+        """Write what `fit` learned into a run dir (a retrieval task's items.parquet)."""
+
+    def load(self, folder) -> None:
+        """Read back what `save` wrote."""
+
+    def graph_problems(self, spec, where: str) -> list[tuple[str, str]]:
+        """(json path, message) for a checked Spec's graph this task cannot train (which features
+        each retrieval tower reads)."""
+        return []
+
+    def keep_rows(self, frame):
+        """Boolean mask of the rows this task trains on, or None for every row (a retrieval task
+        trains on positive interactions only)."""
+        return None
 
     def columns(self) -> list[str]:
         """Data columns besides labels and features this task reads (sample weight, mask)."""
@@ -116,6 +148,8 @@ class Task:
         if kind not in cls.losses:
             path = f"{where}.loss" + (".type" if isinstance(config.get("loss"), dict) else "")
             out.append((path, f"a {cls.kind} task takes loss {' | '.join(cls.losses)}, not '{kind}'"))
+        for key in [k for k in RETRIEVAL_KEYS if k in config]:
+            out.append((f"{where}.{key}", f"'{key}' applies to retrieval tasks, not to a {cls.kind} task"))
         for key in ("gauc_by", "given", "negative_sampling", "conditional_name"):
             if key in config and cls.kind != "binary":
                 out.append((f"{where}.{key}", f"'{key}' applies to binary tasks, not to a {cls.kind} task"))
@@ -132,7 +166,7 @@ class Task:
         return list(config.get("metrics", cls.default_metrics))
 
     # ------------------------------------------------------------------ graph
-    def head(self, x, layer):
+    def head(self, x, *, layer):
         """The task's logit from block output `x`. `layer(name, make)` gives the layer called
         `name`: a new one (`make()`) while building, the trained one when re-walking a model."""
         if len(x.shape) > 2:
@@ -340,3 +374,5 @@ def tasks_of(spec) -> list[Task]:
 
 
 assert all(set(cls.losses) <= set(LOSSES) for cls in _TASKS.values())
+
+from kzoo import retrieval  # noqa: E402,F401  (registers the retrieval task; it subclasses Task)

@@ -145,7 +145,9 @@ def train(spec, data="synthetic", out=None, *, epochs=None, batch_size=None, see
 
     model = getattr(model, "inner", model)  # a balanced run saves, evaluates and serves its plain model
     model.save(out / "model.keras")
-    result = evaluate_frame(model, spec, pre, test_df, batch_size)
+    for task in prepared.tasks:
+        task.save(out)
+    result = evaluate_frame(model, spec, pre, test_df, batch_size, prepared.tasks)
     result["seconds"] = round(time.time() - start, 2)
     result["params"] = int(model.count_params())
     # Wall time of this process's fit() (first-step compilation included; validation included).
