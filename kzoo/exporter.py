@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kzoo.rundir import RunDir
+
 WARMUP_FILE = "tf_serving_warmup_requests"
 
 
@@ -31,10 +33,16 @@ def export(run, base, version: int | None = None) -> Path:
     import keras
 
     run, base = Path(run), Path(base)
-    version = int(version) if version is not None else next_version(base)
+    bases = [base]
+    if any(t.get("type") == "retrieval" for t in RunDir(run).spec().tasks):
+        from kzoo.retrieval_export import tower_base
+
+        bases += [tower_base(base, "query"), tower_base(base, "item")]  # one version number for all three
+    version = int(version) if version is not None else max(next_version(b) for b in bases)
     final = base / str(version)
-    if final.exists():
-        raise FileExistsError(f"{final} exists; TF Serving versions are immutable: pick another --version")
+    for b in bases:
+        if (b / str(version)).exists():
+            raise FileExistsError(f"{b / str(version)} exists; TF Serving versions are immutable: pick another --version")
     if keras.backend.backend() != "tensorflow":
         # The .keras file is backend-agnostic; TensorFlow builds a plain-TF serving graph.
         env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
@@ -51,10 +59,14 @@ def _export_tf(run: Path, base: Path, version: int) -> Path:
     import tensorflow as tf
 
     from kzoo.graph import export_tasks, serving_model
-    from kzoo.rundir import RunDir
 
     run = RunDir(run)
     spec, model = run.spec(), run.model()
+    retrieval = [t for t in run.tasks(spec) if t.kind == "retrieval"]
+    if retrieval:
+        from kzoo.retrieval_export import export_retrieval
+
+        return export_retrieval(run, base, version, retrieval[0], write_version)
     tasks = export_tasks(spec)
     served, used = serving_model(spec, model, tasks)
     pre = run.preprocessor(used)
@@ -69,21 +81,33 @@ def _export_tf(run: Path, base: Path, version: int) -> Path:
         return {name: tf.reshape(value, [-1]) for name, value in out.items()}
 
     archive.add_endpoint(name="serving_default", fn=serve, input_signature=[pre.signature()])
+    return write_version(archive, base, version, pre, {
+        "spec": spec.name, "tasks": tasks, "outputs": sorted(served.output_names), "dataset": spec.dataset,
+        "params": {"served": served.count_params(), "trained": model.count_params()}})
 
+
+def write_version(archive, base: Path, version: int, pre, meta: dict, extra=None) -> Path:
+    """Write `archive` as BASE/VERSION: into a hidden temporary folder, with the warmup requests,
+    assets.extra/kzoo.json (`meta` plus the input dtypes) and whatever `extra(folder)` writes into
+    assets.extra (its returned dict joins kzoo.json), then renamed into place, so a failure at any
+    step leaves no version TF Serving would load."""
     base.mkdir(parents=True, exist_ok=True)
+    final = base / str(version)
+    if final.exists():
+        raise FileExistsError(f"{final} exists; TF Serving versions are immutable: pick another --version")
     tmp = base / f".tmp-{version}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         archive.write_out(str(tmp), verbose=False)
         write_warmup(tmp, pre)
-        (tmp / "assets.extra" / "kzoo.json").write_text(json.dumps({
-            "spec": spec.name, "tasks": tasks, "outputs": sorted(served.output_names), "dataset": spec.dataset,
-            "inputs": {name: spec.dtype.name for name, spec in pre.signature().items()},
-            "params": {"served": served.count_params(), "trained": model.count_params()}}, indent=2))
-        os.rename(tmp, base / str(version))
+        meta = {**meta, "inputs": {name: spec.dtype.name for name, spec in pre.signature().items()}}
+        if extra is not None:
+            meta.update(extra(tmp / "assets.extra"))
+        (tmp / "assets.extra" / "kzoo.json").write_text(json.dumps(meta, indent=2))
+        os.rename(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return base / str(version)
+    return final
 
 
 def write_warmup(export_dir: Path, pre, rows: int = 4) -> None:

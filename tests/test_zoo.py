@@ -63,7 +63,9 @@ def zoo_data(spec, data_dir):
     if name == "movielens":
         # Users 1..40 of the real MovieLens-100K (about 4,300 ratings), split by the loader: each
         # user's last 5 ratings are the test rows, the 5 before them validation.
-        folder = movielens_slice(Path(tempfile.mkdtemp(prefix="kzoo-ml-")), users=40)
+        # A retrieval config gets users 1..150 (about 14,900 ratings): its corpus has ~1,300 items.
+        retrieval = any(t.get("type") == "retrieval" for t in spec.tasks)
+        folder = movielens_slice(Path(tempfile.mkdtemp(prefix="kzoo-ml-")), users=150 if retrieval else 40)
         return kdata.load(f"movielens:{folder}")[0]
     raise AssertionError(f"zoo config {spec.name} trains on {name!r}: add its test data here")
 
@@ -89,16 +91,47 @@ def test_zoo_config_learns_exports_and_serves_the_same_numbers(name, tmp_path, b
         assert metrics[task["name"]]["examples"] == len(y)
         assert metrics[task["name"]]["auc"] > 0.5 + chance_band(y), (task["name"], metrics[task["name"]])
 
-    # Export on every backend (a JAX run is exported by a TensorFlow-backend subprocess); a fresh
-    # TensorFlow-only process serves raw columns with the numbers of the run, one output per task.
     version = kzoo.export(run, tmp_path / "exports")
     rows = kdata.conform(frame.iloc[-64:].reset_index(drop=True), spec.dataset)
+    if any(t.kind == "retrieval" for t in tasks_of(spec)):
+        check_retrieval(spec, metrics, version, rows, run, tmp_path)
+        return
+    # Export on every backend (a JAX run is exported by a TensorFlow-backend subprocess); a fresh
+    # TensorFlow-only process serves raw columns with the numbers of the run, one output per task.
     expected = kzoo.predict(run, rows)
     served = serve_fresh(version, rows, tmp_path)["outputs"]
     outputs = {o for t in tasks_of(spec) if t.name in export_tasks(spec) for o in t.output_names()}
     assert set(served) == outputs and outputs <= set(expected.columns)
     for output in served:
         np.testing.assert_allclose(np.array(served[output]), expected[output].to_numpy(), atol=1e-5)
+
+
+def check_retrieval(spec, metrics, version, rows, run, tmp_path):
+    """A retrieval config learned (Recall@100 against the corpus above a random ranking's by three
+    standard deviations), and its exports agree: the query tower served apart times the item
+    embeddings file is the run's pointwise score, and the retrieval SavedModel's top K are NumPy's."""
+    task = tasks_of(spec)[0]
+    report = metrics[task.name]
+    chance = 100 / report["corpus"]
+    assert report["recall@100"] > chance + 3 * np.sqrt(chance * (1 - chance) / report["queries"]), report
+    items = np.load(version / "assets.extra" / "items.npz")
+    query = serve_fresh(version.parent.parent / f"{version.parent.name}_query" / version.name, rows, tmp_path)
+    q = np.array(query["outputs"]["query_embedding"], dtype="float32")
+    expected = kzoo.predict(run, rows)[task.name].to_numpy()
+    codes = pd.Index(items["ids"]).get_indexer(rows[task.item_id].astype(str))
+    pair = np.sum(q * items["embeddings"][codes], axis=1) / task.options["temperature"]
+    np.testing.assert_allclose(pair, expected, rtol=1e-4, atol=1e-4)
+    served = serve_fresh(version, rows, tmp_path)["outputs"]
+    k = task.options["k"]
+    scores = q @ items["embeddings"].T
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    np.testing.assert_allclose(np.array(served["scores"]), np.take_along_axis(scores, top, 1), atol=1e-5)
+    got = np.array(served["item_ids"]).astype(str)
+    # Ids must match where scores are not tied (a tie may come back in either order).
+    sorted_scores = np.take_along_axis(scores, top, 1)
+    untied = np.diff(sorted_scores, axis=1, prepend=np.inf) < -1e-6
+    untied[:, :-1] &= np.diff(sorted_scores, axis=1) < -1e-6
+    assert (got[untied] == items["ids"][top][untied]).all()
 
 
 def test_rocket_launching_serves_only_the_light_net():

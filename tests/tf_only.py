@@ -17,7 +17,8 @@ SCRIPT = textwrap.dedent("""
     out = fn(**feed)
     json.dump({"dtypes": {k: v.dtype.name for k, v in inputs.items()},
                "outputs": {k: v.numpy().tolist() for k, v in out.items()},
-               "kzoo_imported": "kzoo" in sys.modules}, open(sys.argv[3], "w"))
+               "kzoo_imported": "kzoo" in sys.modules}, open(sys.argv[3], "w"),
+              default=lambda b: b.decode())  # string outputs (item ids) come back as bytes
 """)
 
 
