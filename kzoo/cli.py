@@ -72,16 +72,20 @@ def cmd_train(args) -> int:
     if args.export:
         from kzoo.exporter import export
 
-        path = export(out, args.export)
-        print(f"export: {path}  (SavedModel; serving_default takes the raw feature columns)")
+        _print_export(export(out, args.export))
     return 0
 
 
-def _print_metrics(metrics: dict) -> None:
+def _print_metrics(metrics: dict, prefix: str = "") -> None:
     for task, values in metrics.items():
         if isinstance(values, dict):
-            shown = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-            print(f"{task}: {shown}")
+            flat = {k: v for k, v in values.items() if not isinstance(v, dict)}
+            if flat:
+                shown = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in flat.items())
+                print(f"{prefix}{task}: {shown}")
+            _print_metrics({k: v for k, v in values.items() if isinstance(v, dict)}, f"{prefix}{task}.")
+    if prefix:
+        return
     print(f"examples={metrics.get('examples')}  seconds={metrics.get('seconds', '-')}")
 
 
@@ -100,9 +104,22 @@ def cmd_evaluate(args) -> int:
 def cmd_export(args) -> int:
     from kzoo.exporter import export
 
-    path = export(args.run, args.out, args.version)
-    print(f"export: {path}")
+    _print_export(export(args.run, args.out, args.version))
     return 0
+
+
+def _print_export(path: Path) -> None:
+    meta = json.loads((Path(path) / "assets.extra" / "kzoo.json").read_text())
+    if "towers" not in meta:
+        print(f"export: {path}  (SavedModel; serving_default takes the raw feature columns)")
+        return
+    index = meta["index"]
+    print(f"export: {path}  (retrieval SavedModel: the query's raw columns in, top {meta['k']} item_ids and "
+          f"scores of {meta['corpus']} items out)")
+    for tower, name in meta["towers"].items():
+        print(f"export: {Path(path).parent.parent / name / Path(path).name}  ({tower} tower: {tower}_embedding out)")
+    print(f"export: {Path(path) / 'assets.extra'}/items.npz, items.faiss  ({index['type']}, recall@10 against exact "
+          f"search with corpus items as queries {index['self_recall@10']})")
 
 
 def cmd_predict(args) -> int:

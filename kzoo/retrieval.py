@@ -397,12 +397,13 @@ def rank_metrics(queries: np.ndarray, items: np.ndarray, targets: np.ndarray, ks
     for start in range(0, len(queries), batch_size):
         q = queries[start:start + batch_size]
         t = targets[start:start + batch_size]
-        scores, ids = (keras.ops.convert_to_numpy(x) for x in retrieval(q))
+        _, ids = (keras.ops.convert_to_numpy(x) for x in retrieval(q))
         hit = ids == t[:, None]
         missing = ~hit.any(axis=1)
         y_true = np.concatenate([hit, missing[:, None]], axis=1).astype("float32")
-        y_pred = np.concatenate([scores, np.full((len(q), 1), scores.min() - 1.0 if scores.size else -1.0)],
-                                axis=1).astype("float32")
+        # The metrics re-sort by score: give them the retrieved order itself, so tied scores (a
+        # popularity ranking has many) keep the order BruteForceRetrieval returned.
+        y_pred = np.broadcast_to(np.arange(top + 1, 0, -1, dtype="float32"), y_true.shape)
         for m in metrics.values():
             m.update_state(y_true, y_pred)
     return {name: round(float(m.result()), 5) for name, m in metrics.items()} if len(queries) else \
