@@ -20,7 +20,7 @@ from kzoo.errors import SpecError
 from kzoo.exporter import _export_tf
 from kzoo.retrieval import Catalogue, InBatchSoftmax, rank_metrics, ranked_items
 from kzoo.retrieval_export import IndexMismatchError, ann_recall, build_index, load_index
-from kzoo.serving.client import load_signature
+from kzoo.serving.client import RestClient, load_signature
 from kzoo.serving.requests import grpc_request
 from kzoo.serving.testing_server import serve
 from tests.real_data import movielens_slice
@@ -247,10 +247,13 @@ def test_retrieval_savedmodel_answers_a_real_predict_request(tower_run):
     with serve(version.parent, "two_tower") as server:
         with grpc.insecure_channel(server.grpc_target) as channel:
             response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
+        rest = RestClient(server.rest_url, "two_tower", version).predict(rows)
     ids = tf.make_ndarray(response.outputs["item_ids"])
     scores = tf.make_ndarray(response.outputs["scores"])
     assert ids.shape == scores.shape == (5, 20)
     assert (np.diff(scores, axis=1) <= 1e-6).all()
+    assert np.asarray(rest["item_ids"]).astype(str).tolist() == ids.astype(str).tolist()
+    np.testing.assert_allclose(np.asarray(rest["scores"]), scores, atol=1e-5)
     corpus = set(pd.read_parquet(run / "items.parquet")["item_id"].astype(str))
     assert {x.decode() for x in ids.ravel()} <= corpus
 
