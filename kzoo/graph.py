@@ -236,4 +236,6 @@ def features_reached(spec, ref: str) -> list[str]:
 
 
 def export_tasks(spec) -> list[str]:
-    return spec.raw.get("export", {}).get("tasks") or [t["name"] for t in spec.tasks]
+    """The spec's `export.tasks`, else every task that serves an output (not a training-only one)."""
+    served = {t.name: t.served for t in tasks_of(spec)}
+    return spec.raw.get("export", {}).get("tasks") or [t["name"] for t in spec.tasks if served[t["name"]]]

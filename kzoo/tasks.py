@@ -85,6 +85,7 @@ class Task:
     """
 
     kind = ""
+    served = True  # False: a training-only task (a regulariser), left out of exports and predictions
     default_loss = ""
     losses: tuple[str, ...] = ()
     default_metrics: tuple[str, ...] = ()
@@ -148,7 +149,7 @@ class Task:
         if kind not in cls.losses:
             path = f"{where}.loss" + (".type" if isinstance(config.get("loss"), dict) else "")
             out.append((path, f"a {cls.kind} task takes loss {' | '.join(cls.losses)}, not '{kind}'"))
-        for key in [k for k in RETRIEVAL_KEYS if k in config]:
+        for key in [k for k in RETRIEVAL_KEYS if k in config and cls.kind not in ("retrieval", "contrastive")]:
             out.append((f"{where}.{key}", f"'{key}' applies to retrieval tasks, not to a {cls.kind} task"))
         for key in ("gauc_by", "given", "negative_sampling", "conditional_name"):
             if key in config and cls.kind != "binary":
