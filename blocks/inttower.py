@@ -99,7 +99,10 @@ class FETower(Block):
         self.act = keras.layers.Activation(activation)
         self.drop = keras.layers.Dropout(dropout) if dropout else None
         n = len(self.units) if project == "layers" else 1
-        self.fe = [keras.layers.Dense(heads * field_dim, name=f"fe_{i}") for i in range(n)]
+        # The reference implementation's projections keep PyTorch's default init, U(±1/sqrt(fan_in)):
+        # with Keras' glorot the summed FE score starts ~5x wider and the sigmoid saturates.
+        init = keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
+        self.fe = [keras.layers.Dense(heads * field_dim, kernel_initializer=init, name=f"fe_{i}") for i in range(n)]
 
     def build(self, input_shape):
         width = flat_width(input_shape)
