@@ -8,4 +8,4 @@ from kzoo.blocks import core, interaction  # noqa: F401  (registration side effe
 from kzoo.blocks import distill, ranking  # noqa: F401
 from kzoo.blocks import multitask, ple  # noqa: F401
 from kzoo.blocks import dien, sequence, sequence_input  # noqa: F401
-from kzoo.blocks import inttower  # noqa: F401
+from kzoo.blocks import inttower, mtmd  # noqa: F401

@@ -2,7 +2,7 @@
 
     load("synthetic" | "synthetic:ROWS" | "criteo:PATH" | "avazu:PATH" | FILE | DataFrame)
         -> (raw DataFrame, name of the bundled dataset schema it implies, or None)
-        (multi-task data: "census:PATH", "mmoe_synthetic:CORR[:ROWS]", "aliccp:PATH",
+        (multi-task data: "census:PATH", "mmoe_synthetic:CORR[:ROWS]", "mtmd_synthetic[:ROWS]", "aliccp:PATH",
         "aliexpress:PATH", read by kzoo.loaders_multitask; user histories: "movielens:FOLDER",
         "amazon:FILE", read by kzoo.loaders_sequence)
     conform(frame, dataset)  -> label + feature columns, checked and cast (float32 / str)
@@ -34,7 +34,8 @@ from kzoo.synthetic import (  # noqa: F401  (re-exported: kdata.synthetic is the
     CRITEO_CATEGORICAL, CRITEO_NUMERIC, SYNTHETIC_FIRST_ORDER, SYNTHETIC_NUMERIC_CROSS, SYNTHETIC_PAIRS, synthetic)
 
 CRITEO_COLUMNS = ["label", *CRITEO_NUMERIC, *CRITEO_CATEGORICAL]
-LOADERS = ("synthetic", "criteo", "avazu", "census", "mmoe_synthetic", "aliccp", "aliexpress", "movielens", "amazon")
+LOADERS = ("synthetic", "criteo", "avazu", "census", "mmoe_synthetic", "aliccp", "aliexpress", "movielens", "amazon",
+           "mtmd_synthetic")
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet")
 
 _COMPRESSION = (".gz", ".bz2", ".zip", ".xz", ".zst")
@@ -191,6 +192,14 @@ def _load_argument(text: str, negatives: int = 1, seed: int = 0) -> tuple[pd.Dat
     name, colon, rest = text.partition(":")
     if text.strip() == "synthetic":
         return synthetic(), "criteo"
+    if text.strip() == "mtmd_synthetic" or (name == "mtmd_synthetic" and colon):
+        from kzoo.loaders_mtmd import mtmd_synthetic
+
+        try:
+            rows = int(rest) if rest else 60000
+        except ValueError:
+            raise DataError(f"--data {text!r}: expected mtmd_synthetic:ROWS with ROWS a whole number") from None
+        return mtmd_synthetic(rows, seed=seed), "mtmd_synthetic"
     if colon and _LOADER_NAME.fullmatch(name) and not Path(text).exists():
         if name == "synthetic":
             try:

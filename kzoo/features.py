@@ -56,6 +56,28 @@ def fit_stats(features: list[dict], train: pd.DataFrame) -> dict:
     return stats
 
 
+def check_declared(features: list[dict], frames: dict) -> None:
+    """A DataError for the first row of a training frame whose value of a feature with a declared
+    vocabulary (`vocab.values`, e.g. the domains an MTMD tower has experts for) is not declared."""
+    from kzoo.errors import DataError
+
+    for f in features:
+        declared = f.get("vocab", {}).get("values")
+        if not declared:
+            continue
+        for part, frame in frames.items():
+            if f["name"] not in frame.columns:
+                continue
+            values = frame[f["name"]].astype(str)
+            bad = np.flatnonzero(~values.isin([str(v) for v in declared]).to_numpy())
+            if len(bad):
+                r = bad[0]
+                raise DataError(f"column {f['name']!r}, row {frame.index[r] + 1} ({part} split): value "
+                                f"{values.iloc[r]!r} is not one of its declared values {declared} "
+                                f"({len(bad)} row{'s' if len(bad) > 1 else ''} in all); declare it in "
+                                f"vocab.values (a domain needs its expert) or drop those rows")
+
+
 def _values(frame: pd.DataFrame, feature: dict) -> pd.Series:
     """The values a vocabulary counts: a categorical column, or every item of a sequence/tags column."""
     column = frame[feature["name"]]
@@ -87,6 +109,8 @@ def sequence_report(features: list[dict], stats: dict, frame: pd.DataFrame) -> d
 
 
 def _vocabulary(column: pd.Series, spec: dict) -> list[str]:
+    if "values" in spec:  # declared: its order is the ids' order, whatever the data
+        return [str(v) for v in spec["values"]]
     counts = column.astype(str).value_counts(sort=False)
     counts = counts[counts >= spec.get("min_count", 1)]
     # Most frequent first, ties by value: the same data always gives the same ids.

@@ -74,12 +74,34 @@ def _focal(cfg):
         apply_class_balancing=alpha is not None, from_logits=True, name="focal")
 
 
+def _entropy(t):
+    """Binary entropy of soft labels t (0·log 0 = 0)."""
+    t = ops.clip(t, 0.0, 1.0)
+    safe = lambda v: ops.where(v > 0, v * ops.log(ops.maximum(v, 1e-30)), 0.0)  # noqa: E731
+    return -(safe(t) + safe(1.0 - t))
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class BinaryKL(LogitLoss):
+    """KL(t || p) = t·log(t/p) + (1-t)·log((1-t)/(1-p)), p = sigmoid(z): distillation to a teacher's
+    probabilities t (soft labels). Equal to BCE with soft labels minus the teacher's entropy, so it
+    has BCE's gradient and is 0 when the student matches the teacher."""
+
+    def __init__(self, name="kl", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def per_example(self, y, z):
+        pos, neg = _bce_terms(z)
+        return y * pos + (1 - y) * neg - _entropy(y)
+
+
 # name -> (factory(cfg) -> keras loss on logits, the spec keys it reads besides "type")
 LOSSES = {
     "bce": (lambda cfg: keras.losses.BinaryCrossentropy(from_logits=True, name="bce"), ()),
     "weighted_bce": (lambda cfg: WeightedBCE(pos_weight=cfg.get("pos_weight", 1.0)), ("pos_weight",)),
     "focal": (_focal, ("alpha", "gamma")),
     "calibrated_bce": (lambda cfg: CalibratedBCE(lam=cfg.get("lambda", 1.0)), ("lambda",)),
+    "kl": (lambda cfg: BinaryKL(), ()),
     "mse": (lambda cfg: keras.losses.MeanSquaredError(name="mse"), ()),
     "mae": (lambda cfg: keras.losses.MeanAbsoluteError(name="mae"), ()),
     "huber": (lambda cfg: keras.losses.Huber(delta=cfg.get("delta", 1.0), name="huber"), ("delta",)),
@@ -117,3 +139,15 @@ class LogProbBCE(LogitLoss):
 
     def per_example(self, y, z):
         return -(y * ops.minimum(z, 0.0) + (1 - y) * log1mexp(z))
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class LogProbKL(LogitLoss):
+    """KL(t || p) on a log-probability lp = log p: a conditional task's joint distilled to a
+    teacher's joint probability t (MTMD's constrained GCTR = P(GCTR | CTR)·P(CTR))."""
+
+    def __init__(self, name="kl_joint", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def per_example(self, y, z):
+        return -(y * ops.minimum(z, 0.0) + (1 - y) * log1mexp(z)) - _entropy(y)

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 
 from kzoo import data as kdata
-from kzoo.features import Preprocessor, fit_stats, raw_arrays
+from kzoo.features import Preprocessor, check_declared, fit_stats, raw_arrays
 from kzoo.spec import Spec, load_spec
 from kzoo.tasks import tasks_of
 
@@ -172,6 +172,7 @@ def prepare(spec, data="synthetic", batch_size: int | None = None) -> Prepared:
     spec = load_spec(spec)
     spec, frame = load_for(spec, data)
     train, validation, test = split_frames(spec, frame)
+    check_declared(spec.features, {"train": train, "validation": validation})
     stats = fit_stats(spec.features, train)
     pre = Preprocessor(spec.features, stats, spec.used_features())
     frames = {"train": train, "validation": validation, "test": test}

@@ -263,6 +263,9 @@ def check(raw: dict, source: str | None = None) -> Spec:
                 add(f"tasks[{i}].{key}", f"'{ref}' is not a block{did_you_mean(ref, block_names)}")
             elif (problem := _output_problem(ref, raw["blocks"][block_names[ref_block(ref)]])) is not None:
                 add(f"tasks[{i}].{key}", problem)
+        for j, col in enumerate(t.get("report_by", [])):
+            if col not in seen:
+                add(f"tasks[{i}].report_by[{j}]", f"'{col}' is not a feature of the dataset{did_you_mean(col, seen)}")
         if t.get("gauc_by") and t["gauc_by"] not in seen:
             add(f"tasks[{i}].gauc_by", f"'{t['gauc_by']}' is not a feature of the dataset{did_you_mean(t['gauc_by'], seen)}")
         if t.get("label") and t["label"] not in labels:

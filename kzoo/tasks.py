@@ -26,7 +26,7 @@ import math
 import numpy as np
 
 from kzoo import metrics as kmetrics
-from kzoo.losses import LOSSES, LogProbBCE, loss_config, make_loss
+from kzoo.losses import LOSSES, LogProbBCE, LogProbKL, loss_config, make_loss
 
 _TASKS: dict[str, type] = {}
 RETRIEVAL_KEYS = ("query", "item", "item_id", "temperature", "normalize", "logq", "remove_accidental_hits",
@@ -151,6 +151,8 @@ class Task:
             out.append((path, f"a {cls.kind} task takes loss {' | '.join(cls.losses)}, not '{kind}'"))
         for key in [k for k in RETRIEVAL_KEYS if k in config and cls.kind not in ("retrieval", "contrastive")]:
             out.append((f"{where}.{key}", f"'{key}' applies to retrieval tasks, not to a {cls.kind} task"))
+        if "report_by" in config and loss_config(config.get("loss"), cls.default_loss)["type"] != "kl":
+            out.append((f"{where}.report_by", "'report_by' breaks down a distilled task's report (loss 'kl')"))
         for key in ("gauc_by", "given", "negative_sampling", "conditional_name"):
             if key in config and cls.kind != "binary":
                 out.append((f"{where}.{key}", f"'{key}' applies to binary tasks, not to a {cls.kind} task"))
@@ -247,7 +249,7 @@ class BinaryTask(Task):
 
     kind = "binary"
     default_loss = "bce"
-    losses = ("bce", "weighted_bce", "focal", "calibrated_bce")
+    losses = ("bce", "weighted_bce", "focal", "calibrated_bce", "kl")
     default_metrics = ("auc", "logloss")
     metrics_allowed = ("auc", "logloss")
     activation = "sigmoid"
@@ -261,8 +263,18 @@ class BinaryTask(Task):
                                            name=f"{self.name}_sampling_correction")(logit)
         return super().serve(logit, served)
 
+    @property
+    def soft(self) -> bool:
+        """Trained on a teacher's probabilities (loss `kl`) rather than 0/1 labels."""
+        return loss_config(self.config.get("loss"), self.default_loss)["type"] == "kl"
+
     def report(self, frame, served: dict) -> dict:
-        """AUC, logloss, ECE, mean prediction and label; GAUC grouped by `gauc_by` when the task names it."""
+        """AUC, logloss, ECE, mean prediction and label; GAUC grouped by `gauc_by` when the task names it.
+        Distilled to a teacher (loss `kl`): LogMAE, MAE and KL to the teacher's probabilities, also
+        per value of the `report_by` columns."""
+        if self.soft:
+            return {self.name: soft_report(frame[self.label].to_numpy(dtype="float64"), served[self.name],
+                                           frame, self.config.get("report_by", []), self.rows(frame))}
         rows = self.rows(frame)
         column = self.config.get("gauc_by")
         groups = frame[column].to_numpy()[rows] if column else None
@@ -299,7 +311,7 @@ class ConditionalTask(BinaryTask):
     `conditional_name` (default `<task>_given_<parent>`). Chains of any depth work.
     """
 
-    losses = ("bce",)
+    losses = ("bce", "kl")
     output_space = "log_prob"
 
     @classmethod
@@ -318,7 +330,7 @@ class ConditionalTask(BinaryTask):
         return [self.name, self.conditional_name]
 
     def loss(self):
-        return LogProbBCE()
+        return LogProbKL() if self.soft else LogProbBCE()
 
     def train_output(self, logit, logits: dict, outputs: dict):
         parent = self.parent
@@ -339,11 +351,31 @@ class ConditionalTask(BinaryTask):
         """The joint on every labelled impression; the conditional on the rows where the parent's
         label is 1 (e.g. CVR on clicks, as ESMM reports it)."""
         out = super().report(frame, served)
+        if self.soft:
+            return out
         given = self.rows(frame) & (frame[self.parent.label].to_numpy(dtype="float64") == 1)
         y = frame[self.label].to_numpy(dtype="float64")[given]
         if 0 < y.sum() < len(y):
             out[self.conditional_name] = kmetrics.binary_report(y, served[self.conditional_name][given])
         return out
+
+
+def soft_report(teacher, student, frame, by: list, rows=None) -> dict:
+    """LogMAE (kzoo.metrics.prob_log_mae), MAE and mean KL of `student` probabilities to `teacher`'s,
+    their means and the row count; with `by` columns, the same per value (several joined by "|")."""
+    rows = np.ones(len(teacher), bool) if rows is None else rows
+
+    def one(mask):
+        t, p = teacher[mask], np.asarray(student, dtype="float64")[mask]
+        return {"logmae": kmetrics.prob_log_mae(t, p), "mae": float(np.mean(np.abs(t - p))),
+                "kl": kmetrics.binary_kl(t, p), "mean_pred": float(p.mean()), "mean_teacher": float(t.mean()),
+                "examples": int(mask.sum())}
+
+    out = one(rows)
+    if by:
+        keys = frame[by].astype(str).agg("|".join, axis=1).to_numpy()
+        out["by"] = {k: one(rows & (keys == k)) for k in sorted(set(keys[rows]))}
+    return out
 
 
 def task_class(kind: str, config: dict | None = None) -> type:
