@@ -288,7 +288,8 @@ class MTMDTower(Block):
         self.cross_layers, self.low_rank = cross_layers, low_rank
         self.domain_norm, self.adaptation, self.routing, self.cross = domain_norm, adaptation, routing, cross
         self.execution = execution
-        self.bn = DomainBatchNorm(domains if domain_norm else 1, name="domain_bn")
+        # momentum 0.9, not Keras' 0.99: each domain's statistics move only on its own rows' batches.
+        self.bn = DomainBatchNorm(domains if domain_norm else 1, momentum=0.9, name="domain_bn")
         self.shared = FFN(deep_units, name="domain_shared")
         self.experts = [DomainExpert(self.tasks, deep_units, shallow_units, routing_units, cross_layers, low_rank,
                                      adaptation, routing, cross, name=f"domain_{d}")

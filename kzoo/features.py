@@ -56,26 +56,22 @@ def fit_stats(features: list[dict], train: pd.DataFrame) -> dict:
     return stats
 
 
-def check_declared(features: list[dict], frames: dict) -> None:
-    """A DataError for the first row of a training frame whose value of a feature with a declared
+def check_declared(features: list[dict], frame: pd.DataFrame) -> None:
+    """A DataError for the first row of the training data whose value of a feature with a declared
     vocabulary (`vocab.values`, e.g. the domains an MTMD tower has experts for) is not declared."""
     from kzoo.errors import DataError
 
     for f in features:
         declared = f.get("vocab", {}).get("values")
-        if not declared:
+        if not declared or f["name"] not in frame.columns:
             continue
-        for part, frame in frames.items():
-            if f["name"] not in frame.columns:
-                continue
-            values = frame[f["name"]].astype(str)
-            bad = np.flatnonzero(~values.isin([str(v) for v in declared]).to_numpy())
-            if len(bad):
-                r = bad[0]
-                raise DataError(f"column {f['name']!r}, row {frame.index[r] + 1} ({part} split): value "
-                                f"{values.iloc[r]!r} is not one of its declared values {declared} "
-                                f"({len(bad)} row{'s' if len(bad) > 1 else ''} in all); declare it in "
-                                f"vocab.values (a domain needs its expert) or drop those rows")
+        values = frame[f["name"]].astype(str)
+        bad = np.flatnonzero(~values.isin([str(v) for v in declared]).to_numpy())
+        if len(bad):
+            r = bad[0]
+            raise DataError(f"column {f['name']!r}, row {r + 1}: value {values.iloc[r]!r} is not one of its declared "
+                            f"values {declared} ({len(bad)} row{'s' if len(bad) > 1 else ''} in all); declare it in "
+                            "vocab.values (a domain needs its expert) or drop those rows")
 
 
 def _values(frame: pd.DataFrame, feature: dict) -> pd.Series:

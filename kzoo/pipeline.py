@@ -171,8 +171,8 @@ def prepare(spec, data="synthetic", batch_size: int | None = None) -> Prepared:
     """
     spec = load_spec(spec)
     spec, frame = load_for(spec, data)
+    check_declared(spec.features, frame)
     train, validation, test = split_frames(spec, frame)
-    check_declared(spec.features, {"train": train, "validation": validation})
     stats = fit_stats(spec.features, train)
     pre = Preprocessor(spec.features, stats, spec.used_features())
     frames = {"train": train, "validation": validation, "test": test}
