@@ -20,7 +20,7 @@ row's expert run (`partition`) and with every expert run (`dense`, what JAX does
 Results: bench/out/mtmd.json and the section of docs/results.md between `<!-- mtmd:start -->`
 and `<!-- mtmd:end -->`.
 
-    python bench/mtmd.py                 # 3 seeds (about 50 minutes on 2 cores)
+    python bench/mtmd.py                 # 3 seeds, small experts (about an hour on 2 cores)
     python bench/mtmd.py --quick         # 1 seed, 12,000 rows, 1 epoch
     python bench/mtmd.py --report        # rewrite the docs section from the JSON
 """
@@ -54,21 +54,31 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def mtmd_spec(epochs: int, change: dict | None = None) -> dict:
+# The zoo config has the paper's sizes; "small" fits three seeds and four ablations in an hour on
+# 2 CPU cores (the cost table always uses the paper's sizes).
+SIZES = {"paper": {}, "small": {"deep_units": [128, 64], "shallow_units": [32], "routing_units": [32],
+                                "tasks": {"ctr": 32, "gctr": 16}, "low_rank": 16}}
+
+
+def mtmd_spec(epochs: int, change: dict | None = None, sizes: str = "small") -> dict:
     raw = json.loads((REPO / "zoo_configs" / "mtmd.json").read_text())
     from kzoo import data as kdata
 
     raw["features"] = {**kdata.bundled_dataset("mtmd_synthetic"), "split_column": "split"}
     for b in raw["blocks"]:
         if b["type"] == "MTMDTower":
-            b["args"].update(change or {})
+            b["args"].update({**SIZES[sizes], **(change or {})})
     raw["train"]["epochs"] = epochs
+    # Every model (MTMD and each small per-domain one) trains until its validation loss stops falling.
+    raw["train"]["early_stopping"] = {"monitor": "val_loss", "patience": 1}
     return raw
 
 
-def baseline_spec(epochs: int) -> dict:
-    """One domain's two-tower: no domain features, no experts; the same tasks and losses."""
-    raw = mtmd_spec(epochs)
+def baseline_spec(epochs: int, sizes: str = "small") -> dict:
+    """One domain's two-tower: no domain features, no experts; the same tasks, losses and task
+    embedding sizes."""
+    raw = mtmd_spec(epochs, sizes=sizes)
+    dims = SIZES[sizes].get("tasks", {"ctr": 128, "gctr": 32})
     raw["name"] = "per_domain_two_tower"
     raw["groups"] = {k: v for k, v in raw["groups"].items() if k not in ("surface", "product", "query_shallow",
                                                                          "item_shallow")}
@@ -79,8 +89,10 @@ def baseline_spec(epochs: int) -> dict:
             {"name": f"{p}_dense", "type": "DenseFeatures", "inputs": [f"group:{side}_dense"]},
             {"name": f"{p}_joined", "type": "Concat", "inputs": [f"{p}_emb", f"{p}_dense"]},
             {"name": f"{p}_mlp", "type": "MLP", "inputs": [f"{p}_joined"], "args": {"units": [256, 128], "norm": "batch"}},
-            {"name": f"{p}_ctr", "type": "MLP", "inputs": [f"{p}_mlp"], "args": {"units": [128], "output_activation": None}},
-            {"name": f"{p}_gctr", "type": "MLP", "inputs": [f"{p}_mlp"], "args": {"units": [32], "output_activation": None}},
+            {"name": f"{p}_ctr", "type": "MLP", "inputs": [f"{p}_mlp"],
+             "args": {"units": [dims["ctr"]], "output_activation": None}},
+            {"name": f"{p}_gctr", "type": "MLP", "inputs": [f"{p}_mlp"],
+             "args": {"units": [dims["gctr"]], "output_activation": None}},
         ]
     blocks += [{"name": "ctr_score", "type": "DotScore", "inputs": ["q_ctr", "i_ctr"]},
                {"name": "gctr_score", "type": "DotScore", "inputs": ["q_gctr", "i_gctr"]}]
@@ -111,22 +123,22 @@ def train(raw: dict, frame, seed: int) -> dict:
     return m
 
 
-def run_seed(seed: int, rows: int, epochs: int, ablations: bool) -> list[dict]:
+def run_seed(seed: int, rows: int, epochs: int, ablations: bool, sizes: str) -> list[dict]:
     frame = frame_for(rows, seed)
     out = []
-    m = train(mtmd_spec(epochs), frame, seed)
+    m = train(mtmd_spec(epochs, sizes=sizes), frame, seed)
     out.append({"model": "mtmd", "seed": seed, "metrics": {t: m[t] for t in TASKS}, "params": m["params"],
                 "wall_seconds": m["wall_seconds"]})
     log(f"seed {seed} mtmd: LogMAE ctr {m['ctr']['logmae']:.4f} gctr {m['gctr']['logmae']:.4f} ({m['wall_seconds']} s)")
     for surface in ("home", "search", "related"):
         for product in ("standard", "shopping"):
             part = frame[(frame["surface"] == surface) & (frame["product_type"] == product)].reset_index(drop=True)
-            m = train(baseline_spec(epochs), part, seed)
+            m = train(baseline_spec(epochs, sizes), part, seed)
             out.append({"model": "per-domain two-tower", "domain": f"{surface}|{product}", "seed": seed,
                         "metrics": {t: m[t] for t in TASKS}, "params": m["params"], "wall_seconds": m["wall_seconds"]})
             log(f"seed {seed} per-domain {surface}|{product}: LogMAE ctr {m['ctr']['logmae']:.4f}")
     for name, change in (ABLATIONS.items() if ablations else []):
-        m = train(mtmd_spec(epochs, change), frame, seed)
+        m = train(mtmd_spec(epochs, change, sizes), frame, seed)
         out.append({"model": name, "seed": seed, "metrics": {t: m[t] for t in TASKS}, "params": m["params"],
                     "wall_seconds": m["wall_seconds"]})
         log(f"seed {seed} {name}: LogMAE ctr {m['ctr']['logmae']:.4f} gctr {m['gctr']['logmae']:.4f}")
@@ -177,8 +189,10 @@ def markdown(doc: dict) -> str:
     lines = [START, "## MTMD on synthetic multi-domain data", "",
              f"`{doc['command']}` ({env['date']}, {env['machine']}, Keras {env['keras']}, {env['backend']} backend, "
              f"Python {env['python']}). `mtmd_synthetic:{doc['rows']}` (3 surfaces × 2 ad product types, "
-             f"kzoo/loaders_mtmd.py), one 80/10/10 split per seed, {doc['epochs']} epochs, KL to the teacher's "
-             "CTR and GCTR; LogMAE of the test rows against the teacher (lower is better), mean ± sd over seeds.", "",
+             f"kzoo/loaders_mtmd.py), one 80/10/10 split per seed, up to {doc['epochs']} epochs with early stopping on "
+             f"the validation loss, KL to the teacher's CTR and GCTR; expert sizes `{doc['sizes']['name']}` "
+             f"({json.dumps({k: v for k, v in doc['sizes'].items() if k != 'name'}) or 'the paper'}); LogMAE of the "
+             "test rows against the teacher (lower is better), mean ± sd over seeds.", "",
              "**MTMD against one two-tower per domain** (the paper's Table 1 shape; Δ = MTMD / per-domain − 1)", "",
              "| domain (surface, product) | test rows | CTR per-domain | CTR MTMD | Δ | GCTR per-domain | GCTR MTMD | Δ |",
              "|---|---|---|---|---|---|---|---|"]
@@ -221,8 +235,9 @@ def environment(backend: str) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--rows", type=int, default=60000)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--rows", type=int, default=30000)
+    p.add_argument("--epochs", type=int, default=8, help="at most; early stopping on the validation loss")
+    p.add_argument("--sizes", default="small", choices=sorted(SIZES))
     p.add_argument("--no-ablations", action="store_true")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--report", action="store_true")
@@ -235,10 +250,10 @@ def main(argv=None) -> None:
         args.seeds, args.rows, args.epochs = "0", 12000, 1
     runs = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        runs += run_seed(seed, args.rows, args.epochs, not args.no_ablations)
+        runs += run_seed(seed, args.rows, args.epochs, not args.no_ablations, args.sizes)
     command = "python bench/mtmd.py " + " ".join(argv if argv is not None else sys.argv[1:])
     doc = {"command": command.strip(), "environment": environment("tensorflow"), "rows": args.rows,
-           "epochs": args.epochs, "runs": copy.deepcopy(runs), "cost": cost_table()}
+           "epochs": args.epochs, "sizes": {"name": args.sizes, **SIZES[args.sizes]}, "runs": copy.deepcopy(runs), "cost": cost_table()}
     OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
     OUT_JSON.write_text(json.dumps(doc, indent=1))
     write_section(DOC, START, END, markdown(doc))
