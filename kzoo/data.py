@@ -211,6 +211,10 @@ def _load_argument(text: str, negatives: int = 1, seed: int = 0) -> tuple[pd.Dat
             return mmoe_synthetic_argument(text, rest), name
         if name == "amazon":
             return read_amazon(_resolve(rest), negatives=negatives, seed=seed), name
+        if name == "aliexpress" and _resolve(rest).is_dir():  # one folder per country: countries as domains
+            from kzoo.loaders_multitask import read_aliexpress_countries
+
+            return read_aliexpress_countries(_resolve(rest)), "aliexpress_domains"
         if name in _PATH_READERS:
             return _PATH_READERS[name](_resolve(rest)), name
         raise DataError(f"--data {text!r}: unknown loader {name!r}{_did_you_mean(name, LOADERS)}; "

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -212,6 +214,40 @@ def read_aliexpress(path) -> pd.DataFrame:
     for name in ("click", "conversion"):
         frame[name] = _binary(frame[name], name, path)
     return frame
+
+
+ALIEXPRESS_COUNTRIES = ("ES", "FR", "NL", "US")
+
+
+def read_aliexpress_countries(folder) -> pd.DataFrame:
+    """The AliExpress countries as domains (MTMD): `folder` holds one folder per country as MTReclib
+    lays the dataset out, `AliExpress_ES/`, `AliExpress_FR/`, `AliExpress_NL/`, `AliExpress_US/`,
+    each with `train.csv` and `test.csv` in `read_aliexpress`'s format (any subset of the countries).
+
+    Returns their rows with `country` (the folder's code, a declared domain of the
+    `aliexpress_domains` schema) and `split` ("train" or "test"; 10 % of each country's training
+    rows, the last ones, are "validation").
+    """
+    folder = Path(folder)
+    parts = []
+    for code in ALIEXPRESS_COUNTRIES:
+        sub = folder / f"AliExpress_{code}"
+        if not sub.is_dir():
+            continue
+        for name in ("train", "test"):
+            path = sub / f"{name}.csv"
+            if not path.is_file():
+                raise DataError(f"{sub}: AliExpress country folder without {name}.csv")
+            frame = read_aliexpress(path)
+            split = np.full(len(frame), name, dtype=object)
+            if name == "train":
+                split[int(len(frame) * 0.9):] = "validation"
+            parts.append(frame.assign(country=code, split=split))
+    if not parts:
+        found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        raise DataError(f"{folder}: no AliExpress_XX country folder ({', '.join('AliExpress_' + c for c in ALIEXPRESS_COUNTRIES)}) "
+                        f"in it; found {found[:10]}")
+    return pd.concat(parts, ignore_index=True)
 
 
 def _require(frame: pd.DataFrame, path, what: str, columns) -> None:

@@ -193,3 +193,33 @@ def test_small_mtmd_learns_the_teacher_and_serves_an_unknown_surface_by_its_fall
     np.testing.assert_allclose(served["gctr"][:6], expected["gctr"], atol=1e-5)
     np.testing.assert_allclose(served["ctr"][6:12], served["ctr"][12:], atol=1e-6)
     assert np.all(np.array(served["gctr"]) <= np.array(served["ctr"]) + 1e-7)  # the constrained chain
+
+
+def test_aliexpress_countries_read_as_declared_domains(tmp_path, data_dir):
+    """The AliExpress layout with one folder per country (here the real US sample, and a copy as NL):
+    a `country` domain column with the declared values and the folder split; loader test only
+    (the sample is 120 rows)."""
+    import shutil
+
+    source = data_dir / "multitask_ctr_samples"
+    if not (source / "aliexpress_train_sample.csv").is_file():
+        pytest.skip(f"AliExpress samples not present in {source}")
+    for code in ("US", "NL"):
+        folder = tmp_path / "aliexpress" / f"AliExpress_{code}"
+        folder.mkdir(parents=True)
+        shutil.copy(source / "aliexpress_train_sample.csv", folder / "train.csv")
+        shutil.copy(source / "aliexpress_test_sample.csv", folder / "test.csv")
+    frame, implied = kdata.load(f"aliexpress:{tmp_path / 'aliexpress'}")
+    assert implied == "aliexpress_domains"
+    assert frame.groupby("country").size().to_dict() == {"NL": 120, "US": 120}
+    assert frame.groupby(["country", "split"]).size().to_dict()[("US", "validation")] == 10
+    spec = kzoo.pipeline.on_dataset(kzoo.load_spec("deepfm"), implied)
+    prepared = kzoo.prepare(spec, frame)
+    assert prepared.stats["country"]["vocab"] == ["ES", "FR", "NL", "US"]  # declared order, not frequency
+    x, _ = next(iter(prepared.train))
+    ids = np.asarray(x["country"]).ravel()
+    assert set(ids.tolist()) == {3, 4}  # NL and US
+    empty = tmp_path / "none"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no AliExpress_XX country folder"):
+        kdata.load(f"aliexpress:{empty}")
