@@ -400,18 +400,22 @@ def rank_metrics(queries: np.ndarray, items: np.ndarray, targets: np.ndarray, ks
     for k in ks:
         metrics[f"recall@{k}"] = keras_rs.metrics.RecallAtK(k=k)
         metrics[f"ndcg@{k}"] = keras_rs.metrics.NDCG(k=k)
+    hits = []
     for start in range(0, len(queries), batch_size):
         q = queries[start:start + batch_size]
         t = targets[start:start + batch_size]
         _, ids = (keras.ops.convert_to_numpy(x) for x in retrieval(q))
-        hit = ids == t[:, None]
-        missing = ~hit.any(axis=1)
-        y_true = np.concatenate([hit, missing[:, None]], axis=1).astype("float32")
+        hits.append(ids == t[:, None])
+    if hits:
+        hit = np.concatenate(hits)
+        y_true = np.concatenate([hit, ~hit.any(axis=1, keepdims=True)], axis=1).astype("float32")
         # The metrics re-sort by score: give them the retrieved order itself, so tied scores (a
-        # popularity ranking has many) keep the order BruteForceRetrieval returned.
+        # popularity ranking has many) keep the order BruteForceRetrieval returned. One update per
+        # 65,536 queries: each eager update costs about the same whatever its size.
         y_pred = np.broadcast_to(np.arange(top + 1, 0, -1, dtype="float32"), y_true.shape)
-        for m in metrics.values():
-            m.update_state(y_true, y_pred)
+        for start in range(0, len(y_true), 65536):
+            for m in metrics.values():
+                m.update_state(y_true[start:start + 65536], y_pred[start:start + 65536])
     return {name: round(float(m.result()), 5) for name, m in metrics.items()} if len(queries) else \
         {name: math.nan for name in metrics}
 
