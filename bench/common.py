@@ -145,3 +145,36 @@ def write_section(doc: Path, start: str, end: str, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     doc.write_text(text)
+
+
+# ------------------------------------------------------------------ what every benchmark script prints
+
+def log(msg: str) -> None:
+    """A timestamped progress line on stderr."""
+    import sys
+    import time
+
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def ms(values, fmt: str = ".4f") -> str:
+    """"mean ± sd" of the non-None values ("–" for none, the value alone for one)."""
+    import statistics
+
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:{fmt}}"
+    return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"
+
+
+def environment(backend: str) -> dict:
+    """Date, machine, Keras version, backend and Python of a benchmark run, for its docs section."""
+    import platform
+    import time
+
+    import keras
+
+    return {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, no GPU",
+            "keras": keras.__version__, "backend": backend, "python": platform.python_version()}

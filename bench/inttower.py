@@ -25,8 +25,6 @@ import argparse
 import copy
 import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -34,7 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from common import data_dir, write_section  # noqa: E402
+from common import data_dir, environment, log, ms, write_section  # noqa: E402
 
 OUT_JSON = REPO / "bench" / "out" / "inttower.json"
 DOC = REPO / "docs" / "results.md"
@@ -43,8 +41,6 @@ MODELS = ["int_tower", "two_tower_pointwise", "two_tower"]
 COLS = ["auc", "gauc", "recall@10", "ndcg@10", "recall@50", "recall@100", "ndcg@100"]
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def spec_for(model: str, epochs: int) -> dict:
@@ -76,7 +72,6 @@ def run_one(model: str, seed: int, epochs: int) -> dict:
         wall = time.time() - t
         run = RunDir(Path(tmp) / "run")
         spec, net = run.spec(), run.model()
-        task = run.tasks(spec)[0]
         if model == "two_tower":
             report = m["retrieval"]
             test = split_frames(*load_for(spec, data))[2]
@@ -99,13 +94,6 @@ def run_one(model: str, seed: int, epochs: int) -> dict:
             "params": m["params"]}
 
 
-def ms(values, fmt=".4f") -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:{fmt}}"
-    return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"
 
 
 def markdown(doc: dict) -> str:
@@ -128,11 +116,6 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def environment(backend: str) -> dict:
-    import keras
-
-    return {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, no GPU",
-            "keras": keras.__version__, "backend": backend, "python": platform.python_version()}
 
 
 def main(argv=None) -> None:

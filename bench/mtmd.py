@@ -31,7 +31,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from common import write_section  # noqa: E402
+from common import environment, log, ms, write_section  # noqa: E402
 
 OUT_JSON = REPO / "bench" / "out" / "mtmd.json"
 DOC = REPO / "docs" / "results.md"
@@ -50,8 +49,6 @@ ABLATIONS = {"no domain adaptation": {"adaptation": False}, "no per-domain norma
              "no DCNv2": {"cross": False}, "no routing": {"routing": False}}
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 # The zoo config has the paper's sizes; "small" fits three seeds and four ablations in an hour on
@@ -179,11 +176,6 @@ def cost_table(domains=(1, 2, 4, 8), batch: int = 4096, repeats: int = 10) -> li
     return out
 
 
-def ms(values, fmt=".4f") -> str:
-    values = [v for v in values if v is not None]
-    if len(values) <= 1:
-        return f"{values[0]:{fmt}}" if values else "–"
-    return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"
 
 
 def markdown(doc: dict) -> str:
@@ -221,7 +213,7 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {'full MTMD' if model == 'mtmd' else model} | " + " | ".join(cells) + f" | {runs[0]['params']:,} |")
     if doc.get("cost"):
         lines += ["", "**Cost of a row as domains are added** (one MTMDTower with the paper's sizes, 2 tasks, "
-                  f"inference on a batch of 4,096 rows spread evenly over the domains, TensorFlow, median of 10; ms per batch)", "",
+                  "inference on a batch of 4,096 rows spread evenly over the domains, TensorFlow, median of 10; ms per batch)", "",
                   "| domain experts | only each row's expert (TensorFlow, every export) | every expert on every row (JAX) |",
                   "|---|---|---|"]
         for c in doc["cost"]:
@@ -230,11 +222,6 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def environment(backend: str) -> dict:
-    import keras
-
-    return {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, no GPU",
-            "keras": keras.__version__, "backend": backend, "python": platform.python_version()}
 
 
 def main(argv=None) -> None:

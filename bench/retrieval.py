@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -33,7 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from common import data_dir, write_section  # noqa: E402
+from common import data_dir, environment, log, ms, write_section  # noqa: E402
 
 OUT_JSON = REPO / "bench" / "out" / "retrieval.json"
 DOC = REPO / "docs" / "results.md"
@@ -51,8 +49,6 @@ VARIANTS = {
 KS = (10, 50, 100)
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def spec_for(dataset: str, variant: str, epochs: int) -> dict:
@@ -105,13 +101,6 @@ def run_one(dataset: str, variant: str, seed: int, epochs: int, export: bool) ->
         return out
 
 
-def ms(values, fmt=".4f") -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:{fmt}}"
-    return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"
 
 
 def markdown(doc: dict) -> str:
@@ -152,11 +141,6 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def environment(backend: str) -> dict:
-    import keras
-
-    return {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, no GPU",
-            "keras": keras.__version__, "backend": backend, "python": platform.python_version()}
 
 
 def main(argv=None) -> None:

@@ -21,8 +21,6 @@ import argparse
 import concurrent.futures
 import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -30,7 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from common import data_dir, write_section  # noqa: E402
+from common import data_dir, environment, log, ms, write_section  # noqa: E402
 
 OUT_JSON = REPO / "bench" / "out" / "sequence.json"
 DOC = REPO / "docs" / "results.md"
@@ -44,8 +42,6 @@ DATASETS = {  # name -> (loader, file or folder under the data dir)
 }
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def data_argument(dataset: str, users: int | None, tmp: Path) -> str:
@@ -98,13 +94,6 @@ def run_one(job: dict) -> dict:
             "predictions": [round(float(p), 6) for p in pred]}
 
 
-def ms(values, fmt=".4f") -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:{fmt}}"
-    return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"
 
 
 def markdown(doc: dict) -> str:
@@ -144,11 +133,6 @@ def write_doc(doc: dict) -> None:
     write_section(DOC, START, END, markdown(doc))
 
 
-def environment(backend: str) -> dict:
-    import keras
-
-    return {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, no GPU",
-            "keras": keras.__version__, "backend": backend, "python": platform.python_version()}
 
 
 def main(argv=None) -> None:
