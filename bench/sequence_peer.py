@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from common import data_dir  # noqa: E402
+from common import data_dir, ms  # noqa: E402
 
 PEER_PYTHON = REPO / "bench" / "peer" / ".venv" / "bin" / "python"
 FUXICTR_DIN = REPO / "bench" / "peer" / "fuxictr_din.py"
@@ -165,13 +165,6 @@ def side_name(side: str, backend: str | None, workers: int | None = None) -> str
     return f"FuxiCTR (torch, num_workers={workers})" if side == "fuxictr" else f"kzoo ({backend})"
 
 
-def mean_sd(values: list[float], fmt: str = ".4f") -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:{fmt}}"
-    return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"
 
 
 def summarise(rows: list[dict], labels, users, args) -> dict:
@@ -218,10 +211,10 @@ def table(summary: dict) -> str:
             gap = f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] {d['verdict']}" if d else "-"
             ratios = []
             for fname in fx_names:
-                ratio = mean_sd((e.get("speed_ratio_vs") or {}).get(fname) or [], ".2f")
+                ratio = ms((e.get("speed_ratio_vs") or {}).get(fname) or [], ".2f")
                 ratios.append(ratio + "×" if ratio != "-" else "-")
-            lines.append(f"| {batch} | {name} | {e['params']:,} | {mean_sd(e['auc'])} | {mean_sd(e['gauc'])} | "
-                         f"{mean_sd(e['logloss'])} | {gap} | {mean_sd(e['steady_examples_per_s'], ',.0f')} | "
+            lines.append(f"| {batch} | {name} | {e['params']:,} | {ms(e['auc'])} | {ms(e['gauc'])} | "
+                         f"{ms(e['logloss'])} | {gap} | {ms(e['steady_examples_per_s'], ',.0f')} | "
                          + " | ".join(ratios) + " |")
     return "\n".join(lines)
 
