@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from kzoo import data as kdata
 from kzoo.features import Preprocessor, check_declared, fit_stats, raw_arrays
+from kzoo.errors import SpecError
 from kzoo.spec import Spec, load_spec
 from kzoo.tasks import tasks_of
 
@@ -48,7 +49,14 @@ def on_dataset(spec: Spec, dataset_name: str | None) -> Spec:
     """The spec on the bundled schema of `dataset_name` (a named loader's data), else unchanged."""
     if dataset_name and spec.dataset.get("name") != dataset_name:
         print(f"kzoo: data is {dataset_name}; using its bundled feature schema", file=sys.stderr)
-        spec = spec.with_dataset(kdata.bundled_dataset(dataset_name))
+        try:
+            spec = spec.with_dataset(kdata.bundled_dataset(dataset_name))
+        except SpecError as e:
+            own = spec.dataset.get("name", "?")
+            how = f"--data {own}:PATH" if own in kdata.LOADERS else f"a file with the '{own}' dataset's columns"
+            raise SpecError([("features", f"this spec is written for the '{own}' dataset, and the {dataset_name} "
+                                          f"data does not have its features ({e.problems[0][1]}); pass {how}")],
+                            spec.source) from None
     return spec
 
 
