@@ -295,3 +295,9 @@ def test_k_larger_than_the_corpus_is_a_clear_export_error(tower_run, tmp_path):
     with pytest.raises(SpecError, match=r"tasks\[0\].k: k = 100000 is larger than the item corpus"):
         _export_tf(copy, tmp_path / "exports", 1)
     assert not (tmp_path / "exports" / "1").exists()
+
+
+def test_a_zoo_config_on_another_loaders_data_says_which_data_it_needs(tmp_path):
+    with pytest.raises(SpecError, match=r"written for the 'movielens' dataset, and the criteo data does not have its "
+                                        r"features .*; pass --data movielens:PATH"):
+        kzoo.train("two_tower", "synthetic:200", tmp_path / "run", verbose=0)
