@@ -32,6 +32,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kzoo.blocks.backend import PARTITIONS, run_by_domain
+from kzoo.blocks.backend.generic import run_by_domain as run_on_every_domain
 from kzoo.blocks.base import Block, check_positive_int, flatten_2d
 from kzoo.blocks.interaction import CrossNetV2
 from kzoo.blocks.registry import register_block
@@ -308,26 +310,21 @@ class MTMDTower(Block):
             e.build([tuple(fields), tuple(dense), tuple(shallow)])
 
     def _partition(self) -> bool:
-        return self.execution == "partition" or (self.execution == "auto" and keras.backend.backend() == "tensorflow")
+        return self.execution == "partition" or (self.execution == "auto" and PARTITIONS)
 
     def call(self, inputs, training=None):
         fields, dense, shallow, domain = inputs
         domain = ops.reshape(ops.cast(domain, "int32"), (-1,))
         norm_domain = domain if self.domain_norm else ops.zeros_like(domain)
         dense = self.bn([dense, ops.expand_dims(norm_domain, -1)], training=training)
-        if self._partition():
-            return self._partitioned(fields, dense, shallow, domain)
-        onehot = ops.one_hot(domain, self.domains, dtype=fields.dtype)
-        outs = [e([fields, dense, shallow], shared=self.shared) for e in self.experts]
-        return {k: sum(o[k] * onehot[:, d:d + 1] for d, o in enumerate(outs)) for k in self.tasks}
+        if self.execution == "partition" and not PARTITIONS:
+            raise ValueError("execution 'partition' needs the TensorFlow backend; use 'auto' or 'dense'")
+        run = run_by_domain if self._partition() else run_on_every_domain
 
-    def _partitioned(self, fields, dense, shallow, domain):
-        import tensorflow as tf
+        def expert(d, parts):
+            return self.experts[d](parts, shared=self.shared)
 
-        rows = tf.range(tf.shape(domain)[0])
-        parts = [tf.dynamic_partition(t, domain, self.domains) for t in (fields, dense, shallow, rows)]
-        outs = [e([parts[0][d], parts[1][d], parts[2][d]], shared=self.shared) for d, e in enumerate(self.experts)]
-        return {k: tf.dynamic_stitch(parts[3], [o[k] for o in outs]) for k in self.tasks}
+        return run(expert, [fields, dense, shallow], domain, self.domains)
 
     def compute_output_spec(self, inputs, training=None):
         batch = inputs[0].shape[0]

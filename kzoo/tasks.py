@@ -407,5 +407,3 @@ def tasks_of(spec) -> list[Task]:
 
 
 assert all(set(cls.losses) <= set(LOSSES) for cls in _TASKS.values())
-
-from kzoo import retrieval  # noqa: E402,F401  (registers the retrieval task; it subclasses Task)

@@ -8,3 +8,17 @@ from keras import ops
 def gather_rows(table, ids):
     """Rows `ids` of `table`: `ops.take(table, ids, axis=0)`."""
     return ops.take(table, ids, axis=0)
+
+
+PARTITIONS = False  # this backend cannot run a function on a data-dependent subset of rows
+
+
+def run_by_domain(fn, tensors: list, domain, domains: int) -> dict:
+    """{name: (batch, ...)}: row r gets `fn(d, tensors)[name][r]` for its domain d = `domain[r]`.
+    Every domain's `fn` runs on the whole batch (static shapes, as JAX needs) and each row keeps its
+    own domain's output, so the cost grows with the number of domains."""
+    from keras import ops
+
+    onehot = ops.one_hot(domain, domains, dtype=tensors[0].dtype)
+    outs = [fn(d, tensors) for d in range(domains)]
+    return {k: sum(o[k] * onehot[:, d:d + 1] for d, o in enumerate(outs)) for k in outs[0]}

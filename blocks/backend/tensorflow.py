@@ -32,3 +32,17 @@ def gather_rows(table, ids):
         return tf.gather(params, ids), grad
 
     return gather(tf.convert_to_tensor(table))
+
+
+PARTITIONS = True
+
+
+def run_by_domain(fn, tensors: list, domain, domains: int) -> dict:
+    """{name: (batch, ...)}: row r gets `fn(d, rows of domain d)[name]` for its domain d. The batch
+    is partitioned by domain (tf.dynamic_partition), each domain's `fn` runs on its own rows only
+    and the outputs are stitched back in row order, so a row costs one domain's `fn`."""
+    rows = tf.range(tf.shape(domain)[0])
+    parts = [tf.dynamic_partition(t, domain, domains) for t in tensors]
+    where = tf.dynamic_partition(rows, domain, domains)
+    outs = [fn(d, [p[d] for p in parts]) for d in range(domains)]
+    return {k: tf.dynamic_stitch(where, [o[k] for o in outs]) for k in outs[0]}
