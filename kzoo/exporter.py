@@ -34,7 +34,8 @@ def export(run, base, version: int | None = None) -> Path:
 
     run, base = Path(run), Path(base)
     bases = [base]
-    if any(t.get("type") == "retrieval" for t in RunDir(run).spec().tasks):
+    spec = RunDir(run).spec()
+    if any(t.get("type") == "retrieval" for t in spec.tasks) or spec.raw.get("export", {}).get("towers"):
         from kzoo.retrieval_export import tower_base
 
         bases += [tower_base(base, "query"), tower_base(base, "item")]  # one version number for all three
@@ -81,9 +82,46 @@ def _export_tf(run: Path, base: Path, version: int) -> Path:
         return {name: tf.reshape(value, [-1]) for name, value in out.items()}
 
     archive.add_endpoint(name="serving_default", fn=serve, input_signature=[pre.signature()])
+    towers = spec.raw.get("export", {}).get("towers")
+    if towers:  # written before the model, which is renamed into place last
+        _export_towers(run, spec, model, towers, base, version)
     return write_version(archive, base, version, pre, {
         "spec": spec.name, "tasks": tasks, "outputs": sorted(served.output_names), "dataset": spec.dataset,
         "params": {"served": served.count_params(), "trained": model.count_params()}})
+
+
+def _export_towers(run, spec, model, towers: dict, base: Path, version: int) -> None:
+    """`export.towers`: each tower's block as its own SavedModel, BASE_query/V and BASE_item/V, its
+    raw columns in and its output out (`<side>_embedding`, or `<side>_<output>` per output of a
+    block with several, e.g. an MTMD tower's per-task embeddings)."""
+    import keras
+
+    from kzoo.retrieval import block_model
+    from kzoo.retrieval_export import tower_base
+
+    for side, ref in towers.items():
+        tower = block_model(spec, model, ref)
+        pre = run.preprocessor(list(tower.input))
+        archive = keras.export.ExportArchive()
+        archive.track(tower)
+        for layer in pre.layers.values():
+            archive.track(layer)
+        archive.add_endpoint(name="serving_default", fn=_tower_serve(tower, pre, side),
+                             input_signature=[pre.signature()])
+        outputs = sorted(tower.output) if isinstance(tower.output, dict) else [None]
+        write_version(archive, tower_base(base, side), version, pre, {
+            "spec": spec.name, "tower": side, "block": ref,
+            "outputs": [f"{side}_{o}" if o else f"{side}_embedding" for o in outputs]})
+
+
+def _tower_serve(tower, pre, side: str):
+    def serve(raw):
+        out = tower(pre(raw), training=False)
+        if isinstance(out, dict):
+            return {f"{side}_{k}": v for k, v in out.items()}
+        return {f"{side}_embedding": out}
+
+    return serve
 
 
 def write_version(archive, base: Path, version: int, pre, meta: dict, extra=None) -> Path:

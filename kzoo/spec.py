@@ -284,6 +284,9 @@ def check(raw: dict, source: str | None = None) -> Spec:
                         and t.get("given") != t["name"]})
     if chain:
         add(f"tasks[{task_names[chain[0]]}].given", f"the `given` chain is a cycle: {' -> '.join(chain)}")
+    for side, ref in raw.get("export", {}).get("towers", {}).items():
+        if ref_block(ref) not in block_names:
+            add(f"export.towers.{side}", f"'{ref}' is not a block{did_you_mean(ref, block_names)}")
     for i, name in enumerate(raw.get("export", {}).get("tasks", [])):
         if name not in task_names:
             add(f"export.tasks[{i}]", f"'{name}' is not a task{did_you_mean(name, task_names)}")
