@@ -99,6 +99,9 @@ def _export_towers(run, spec, model, towers: dict, base: Path, version: int) -> 
     from kzoo.retrieval import block_model
     from kzoo.retrieval_export import tower_base
 
+    from kzoo.blocks.registry import get_block
+
+    blocks = {b["name"]: b for b in spec.blocks}
     for side, ref in towers.items():
         tower = block_model(spec, model, ref)
         pre = run.preprocessor(list(tower.input))
@@ -106,20 +109,21 @@ def _export_towers(run, spec, model, towers: dict, base: Path, version: int) -> 
         archive.track(tower)
         for layer in pre.layers.values():
             archive.track(layer)
-        archive.add_endpoint(name="serving_default", fn=_tower_serve(tower, pre, side),
+        b = blocks[ref]
+        names = [f"{side}_{o}" for o in get_block(b["type"]).output_names(b.get("args", {})) or []] or \
+            [f"{side}_embedding"]
+        archive.add_endpoint(name="serving_default", fn=_tower_serve(tower, pre, names),
                              input_signature=[pre.signature()])
-        outputs = sorted(tower.output) if isinstance(tower.output, dict) else [None]
-        write_version(archive, tower_base(base, side), version, pre, {
-            "spec": spec.name, "tower": side, "block": ref,
-            "outputs": [f"{side}_{o}" if o else f"{side}_embedding" for o in outputs]})
+        write_version(archive, tower_base(base, side), version, pre,
+                      {"spec": spec.name, "tower": side, "block": ref, "outputs": names})
 
 
-def _tower_serve(tower, pre, side: str):
+def _tower_serve(tower, pre, names: list):
     def serve(raw):
         out = tower(pre(raw), training=False)
-        if isinstance(out, dict):
-            return {f"{side}_{k}": v for k, v in out.items()}
-        return {f"{side}_embedding": out}
+        if isinstance(out, dict):  # a block of several outputs, in its declared order
+            out = [out[n.split("_", 1)[1]] for n in names]
+        return dict(zip(names, out if isinstance(out, (list, tuple)) else [out]))
 
     return serve
 
