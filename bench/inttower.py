@@ -9,7 +9,7 @@ On MovieLens-100K (the loader's leave-last-out split by user in time order), for
 
 AUC and GAUC of the pointwise score on every test rating (liked or not), and Recall@K / NDCG@K
 of each test positive against the whole item corpus (1,682 movies): for the pointwise models
-the trained score block scores every (query, item) pair (kzoo.retrieval.scored_rank_report),
+the trained score block scores every (query, item) pair (kzoo.inttower.scored_rank_report),
 for two_tower its own report. The popularity baseline is printed beside them.
 
 Results: bench/out/inttower.json and the section of docs/results.md between
@@ -62,7 +62,7 @@ def spec_for(model: str, epochs: int) -> dict:
 def run_one(model: str, seed: int, epochs: int) -> dict:
     import kzoo
     from kzoo.pipeline import load_for, split_frames
-    from kzoo.retrieval import scored_rank_report
+    from kzoo.inttower import scored_rank_report
     from kzoo.rundir import RunDir
 
     data = f"movielens:{data_dir() / 'movielens_100k'}"

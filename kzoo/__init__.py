@@ -27,7 +27,7 @@ _quiet.import_keras()
 
 from kzoo import blocks  # noqa: E402,F401  (registers every block for specs and Keras serialisation)
 from kzoo import zoo_configs  # noqa: E402,F401
-from kzoo import retrieval  # noqa: E402,F401  (registers the retrieval and contrastive task types)
+from kzoo import inttower, retrieval  # noqa: E402,F401  (register the retrieval and contrastive task types)
 from kzoo import graph as _graph  # noqa: E402
 from kzoo.errors import DataError, SpecError  # noqa: E402,F401
 from kzoo.evaluate import evaluate  # noqa: E402,F401

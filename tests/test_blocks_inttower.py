@@ -10,7 +10,8 @@ import pytest
 import kzoo
 from kzoo.blocks.inttower import FEScore, FETower, LightSE
 from kzoo.errors import SpecError
-from kzoo.retrieval import ContrastiveTask, InBatchSoftmax
+from kzoo.inttower import ContrastiveTask
+from kzoo.retrieval import InBatchSoftmax
 from layer_test import Weights, close, run_layer_test  # tests/ is on sys.path
 
 RNG = np.random.default_rng(11)
@@ -133,7 +134,8 @@ def test_scored_rank_report_ranks_the_corpus_by_the_fe_score(tmp_path):
     """Every (query, item) pair scored by the trained FEScore layer, against NumPy: the FE formula
     over the towers' representations, a full argsort of the corpus, kzoo.metrics' Recall/NDCG."""
     from kzoo import metrics as kmetrics
-    from kzoo.retrieval import Catalogue, block_model, embed, scored_rank_report
+    from kzoo.inttower import scored_rank_report
+    from kzoo.retrieval import Catalogue, block_model, embed
     from tests.real_data import movielens_slice
 
     data = kzoo.prepare("int_tower", f"movielens:{movielens_slice(tmp_path / 'ml', users=15)}", 64)
