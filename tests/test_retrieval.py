@@ -24,7 +24,7 @@ from kzoo.serving.client import RestClient, load_signature
 from kzoo.serving.requests import grpc_request
 from kzoo.serving.testing_server import serve
 from tests.real_data import movielens_slice
-from tests.tf_only import serve_fresh
+from tests.tf_only import serve_fresh, serve_fresh_many
 
 RNG = np.random.default_rng(7)
 
@@ -223,14 +223,14 @@ def test_towers_served_apart_give_the_joint_score_and_an_unseen_user_is_answered
     rows.loc[1, ["hist_item_id", "hist_item_cat", "hist_gap"]] = ["99999|88888", "Drama|Drama", "1|1"]
     rows.loc[0, "hist_gap"] = ""
     joint = kzoo.predict(run, rows)["retrieval"].to_numpy()
-    q = np.array(serve_fresh(version.parent.parent / "two_tower_query" / "1", rows, tmp_path)["outputs"]
-                 ["query_embedding"], "float32")
-    i = np.array(serve_fresh(version.parent.parent / "two_tower_item" / "1", rows, tmp_path)["outputs"]
-                 ["item_embedding"], "float32")
+    query, item, served = serve_fresh_many([version.parent.parent / "two_tower_query" / "1",
+                                            version.parent.parent / "two_tower_item" / "1", version], rows, tmp_path)
+    q = np.array(query["outputs"]["query_embedding"], "float32")
+    i = np.array(item["outputs"]["item_embedding"], "float32")
     assert q.shape == i.shape == (12, 64)
     np.testing.assert_allclose(np.sum(q * i, 1) / 0.05, joint, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1, atol=1e-5)  # cosine: both normalised
-    served = serve_fresh(version, rows, tmp_path)["outputs"]
+    served = served["outputs"]
     assert np.array(served["item_ids"]).shape == (12, 20)
     items = np.load(version / "assets.extra" / "items.npz")
     top = np.argsort(-(q @ items["embeddings"].T), axis=1, kind="stable")[:, :20]
