@@ -45,6 +45,15 @@ def to_float(column: pd.Series, name: str, missing_ok: bool, what: str = "the la
         bad = np.flatnonzero(np.isnan(values) & ~is_na.to_numpy())
         if len(bad):
             raise DataError(f"column {name!r}, row {bad[0] + 1}: {raw.iloc[bad[0]]!r} is not a number")
+    # ±inf (and values past float32's range, which become inf when cast) would poison the feature's
+    # mean and every loss after it: refused, like text.
+    with np.errstate(over="ignore"):
+        infinite = np.flatnonzero(~np.isfinite(values.astype(np.float32)) & ~np.isnan(values))
+    if len(infinite):
+        value = column.iloc[infinite[0]]
+        value = value if isinstance(value, str) else float(value)
+        raise DataError(f"column {name!r}, row {infinite[0] + 1}: {value!r} is not a finite float32 number "
+                        f"({len(infinite)} row{'s' if len(infinite) > 1 else ''} in all); leave it empty for a missing value")
     if not missing_ok:
         gone = np.flatnonzero(np.isnan(values))
         if len(gone):

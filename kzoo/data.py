@@ -128,13 +128,35 @@ def read_avazu(path) -> pd.DataFrame:
 
 
 def _read_text(path, sep: str, header="infer") -> pd.DataFrame:
+    quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
     try:
-        return pd.read_csv(path, sep=sep, header=header, dtype=str, keep_default_na=False, na_values=[""],
-                           quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL)
+        frame = pd.read_csv(path, sep=sep, header=header, dtype=str, keep_default_na=False, na_values=[""],
+                            quoting=quoting)
     except FileNotFoundError:
         raise DataError(f"data file not found: '{path}'") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty (no header row, no data)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: {e}".strip()) from None
+    _check_row_lengths(path, sep, quoting, frame, header is not None)
+    return frame
+
+
+def _check_row_lengths(path, sep: str, quoting: int, frame: pd.DataFrame, has_header: bool) -> None:
+    """pandas fills a line with too few fields with missing values; a cut-off line is refused instead,
+    naming its row. Only a short line leaves the last column missing, so files whose last column is
+    complete are not read twice."""
+    if frame.empty or not frame.iloc[:, -1].isna().any():
+        return
+    width = frame.shape[1]
+    with pd.io.common.get_handle(path, "r", compression="infer", errors="replace") as handle:
+        lines = (fields for fields in csv.reader(handle.handle, delimiter=sep, quoting=quoting) if fields)
+        if has_header:
+            next(lines, None)
+        for row, fields in enumerate(lines):
+            if len(fields) < width:
+                raise DataError(f"{path}, row {row + 1}: {len(fields)} fields where the file has {width} columns "
+                                "(a cut-off line?); an empty value still needs its separator")
 
 
 def _sniff(path: Path) -> str:

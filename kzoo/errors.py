@@ -2,6 +2,7 @@
 
     SpecError   a spec problem, with the JSON path of each (`blocks[2].inputs[0]: ...`)
     DataError   a data problem, naming the column, the row or the path
+    TrainingDiverged  a non-finite loss, naming the epoch and step (a DataError: the CLI prints it)
 """
 
 from __future__ import annotations
@@ -22,3 +23,7 @@ class SpecError(ValueError):
 
 class DataError(ValueError):
     """The data does not match what was asked of it; the message names the column, row or path."""
+
+
+class TrainingDiverged(DataError):
+    """The training loss became NaN or infinite; the message names the epoch and step."""

@@ -110,6 +110,19 @@ def model_inputs(spec) -> dict:
             for n in spec.used_features()}
 
 
+def _block_error(b: dict, i: int, e: Exception) -> tuple[str, str]:
+    """A block's constructor error at its JSON path; a misspelt activation at the argument itself."""
+    args = b.get("args", {})
+    bad = [k for k, v in args.items() if "activation" in k and isinstance(v, str) and v and v in str(e)]
+    if bad and "activation" in str(e):
+        from kzoo.spec_schema import did_you_mean
+
+        names = [n for n in dir(keras.activations) if not n.startswith("_") and n not in ("get", "serialize", "deserialize")]
+        return (f"blocks[{i}].args.{bad[0]}", f"{b['type']} '{b['name']}': unknown activation {args[bad[0]]!r}"
+                f"{did_you_mean(args[bad[0]], names)}; Keras' activations: {', '.join(names)}")
+    return (f"blocks[{i}]", f"{b['type']} '{b['name']}': {e}")
+
+
 def _block_args(spec, b: dict, cls) -> dict:
     args = dict(b.get("args", {}))
     # `train.embedding_l2` is the default `l2` of every block that holds embedding tables.
@@ -184,7 +197,7 @@ def walk(spec, stats: dict | None = None, model: keras.Model | None = None, task
                 make = lambda: cls(name=name, **_block_args(spec, b, cls))  # noqa: E731
             tensors[name] = layer(name, make)(x)
         except (ValueError, TypeError) as e:
-            raise SpecError([(f"blocks[{index[name]}]", f"{b['type']} '{name}': {e}")], spec.source) from None
+            raise SpecError([_block_error(b, index[name], e)], spec.source) from None
     logits = {t.name: t.head(*[tensor(r) for r in t.inputs], layer=layer) for t in wanted}
     outputs: dict = {}
     served: dict = {}

@@ -40,9 +40,12 @@ def conform_for(spec: Spec, frame, require_label: bool = True):
     """`frame` conformed to the spec's dataset, with the columns its tasks read (sample weights,
     masks) and missing labels kept where a task masks them."""
     tasks = tasks_of(spec)
-    return kdata.conform(frame, spec.dataset, require_label=require_label,
-                         weights=tuple(c for t in tasks for c in t.columns()),
-                         labels_may_miss=tuple(t.label for t in tasks if t.config.get("missing_label") == "mask"))
+    frame = kdata.conform(frame, spec.dataset, require_label=require_label,
+                          weights=tuple(c for t in tasks for c in t.columns()),
+                          labels_may_miss=tuple(t.label for t in tasks if t.config.get("missing_label") == "mask"))
+    for t in tasks:
+        t.check_labels(frame)
+    return frame
 
 
 def on_dataset(spec: Spec, dataset_name: str | None) -> Spec:

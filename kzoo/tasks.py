@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from kzoo import metrics as kmetrics
+from kzoo.errors import DataError
 from kzoo.losses import LOSSES, LogProbBCE, LogProbKL, loss_config, make_loss
 
 _TASKS: dict[str, type] = {}
@@ -230,6 +231,9 @@ class Task:
             w = w * (keep | (self.labels(frame).reshape(-1) != 0))
         return w.astype("float32")
 
+    def check_labels(self, frame) -> None:
+        """Raise DataError naming the column and first row of a label this task cannot learn from."""
+
     def rows(self, frame) -> np.ndarray:
         """Boolean mask of the rows this task is evaluated on (label present, not masked)."""
         keep = ~np.isnan(frame[self.label].to_numpy(dtype="float64"))
@@ -267,6 +271,20 @@ class BinaryTask(Task):
     def soft(self) -> bool:
         """Trained on a teacher's probabilities (loss `kl`) rather than 0/1 labels."""
         return loss_config(self.config.get("loss"), self.default_loss)["type"] == "kl"
+
+    def check_labels(self, frame) -> None:
+        """0 or 1 (a probability in [0, 1] for a task distilled with `kl`); missing labels are the
+        reader's business (refused unless the task masks them)."""
+        if self.label not in frame:
+            return
+        y = frame[self.label].to_numpy(dtype="float64")
+        ok = np.isnan(y) | ((y >= 0) & (y <= 1) if self.soft else (y == 0) | (y == 1))
+        bad = np.flatnonzero(~ok)
+        if len(bad):
+            want = "a probability in [0, 1] (the task's loss is 'kl')" if self.soft else "0 or 1"
+            raise DataError(f"column {self.label!r}, row {bad[0] + 1}: label {y[bad[0]]:g} is not {want}, as "
+                            f"binary task {self.name!r} needs ({len(bad)} row{'s' if len(bad) > 1 else ''} in all); "
+                            "map the labels to 0/1, or make the task `\"type\": \"regression\"`")
 
     def report(self, frame, served: dict) -> dict:
         """AUC, logloss, ECE, mean prediction and label; GAUC grouped by `gauc_by` when the task names it.

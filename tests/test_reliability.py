@@ -1,0 +1,101 @@
+"""Holes a new user falls into (issue 13), each refused with the column/row or JSON path named:
+non-finite numbers, labels a binary task cannot learn from, cut-off CSV lines, empty files, a loss
+that becomes NaN, a misspelt activation."""
+
+import json
+
+import numpy as np
+import pytest
+
+import kzoo
+from kzoo import data as kdata
+from kzoo.errors import DataError, SpecError, TrainingDiverged
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return kdata.synthetic(300, seed=3)
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, 1e39, "inf"])
+def test_a_non_finite_number_is_refused_naming_column_and_row(frame, value, tmp_path):
+    bad = frame.astype({"I3": object}).copy()
+    bad.loc[7, "I3"] = value
+    with pytest.raises(DataError, match=r"column 'I3', row 8: .* is not a finite float32 number \(1 row in all\)"):
+        kzoo.train("lr", bad, tmp_path / "run", epochs=1, verbose=0)
+    assert not (tmp_path / "run" / "preprocessing.json").exists()  # nothing half-written with "Infinity"
+    with pytest.raises(DataError, match=r"column 'I3', row 8"):
+        kdata.conform(bad.drop(columns=["label"]), kdata.bundled_dataset("criteo"), require_label=False)
+
+
+@pytest.mark.parametrize("label, row", [(2, 10), (-1, 4), (0.5, 1)])
+def test_a_binary_label_that_is_not_0_or_1_is_refused(frame, tmp_path, label, row):
+    bad = frame.copy()
+    bad.loc[row - 1, "label"] = label
+    bad.loc[row + 5, "label"] = label
+    with pytest.raises(DataError, match=rf"column 'label', row {row}: label {label:g} is not 0 or 1, as binary task "
+                                        r"'ctr' needs \(2 rows in all\)"):
+        kzoo.train("lr", bad, tmp_path / "run", epochs=1, verbose=0)
+
+
+def test_evaluate_on_bad_labels_is_the_same_clear_error(frame, tmp_path):
+    kzoo.train("lr", frame, tmp_path / "run", epochs=1, verbose=0)
+    bad = frame.copy()
+    bad.loc[3, "label"] = 2
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match=r"column 'label', row 4: label 2 is not 0 or 1"):
+        kzoo.evaluate(tmp_path / "run", tmp_path / "bad.csv")
+
+
+def test_a_distilled_task_takes_probabilities_but_not_beyond_them():
+    from kzoo.loaders_mtmd import mtmd_synthetic
+    from kzoo.pipeline import conform_for
+
+    spec = kzoo.load_spec("mtmd")
+    frame = mtmd_synthetic(50)
+    assert ((frame["teacher_ctr"] > 0) & (frame["teacher_ctr"] < 1)).all()
+    conform_for(spec, frame)  # soft labels in (0, 1) are what a `kl` task learns from
+    frame.loc[11, "teacher_ctr"] = 1.5
+    with pytest.raises(DataError, match=r"column 'teacher_ctr', row 12: label 1.5 is not a probability in \[0, 1\]"):
+        conform_for(spec, frame)
+
+
+def test_a_cut_off_csv_line_is_refused_and_an_empty_last_field_is_not(frame, tmp_path):
+    frame.to_csv(tmp_path / "ok.csv", index=False)
+    lines = (tmp_path / "ok.csv").read_text().splitlines()
+    fields = lines[6].split(",")
+    lines[6] = ",".join(fields[:-1] + [""])  # the last value missing, its separator kept: valid
+    (tmp_path / "empty_last.csv").write_text("\n".join(lines) + "\n")
+    loaded = kdata.load(tmp_path / "empty_last.csv")[0]
+    assert len(loaded) == len(frame) and loaded["C26"].isna().iloc[5]  # data row 6 (the header is line 0)
+    lines[9] = ",".join(lines[9].split(",")[:-3])  # three fields cut off
+    (tmp_path / "cut.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"cut.csv, row 9: 37 fields where the file has 40 columns"):
+        kdata.load(tmp_path / "cut.csv")
+
+
+def test_an_empty_data_file_and_an_empty_spec_say_so(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match="empty.csv: the file is empty"):
+        kdata.load(tmp_path / "empty.csv")
+    (tmp_path / "spec.json").write_text("\n  \n")
+    with pytest.raises(SpecError, match=r"\(file\): the spec is empty"):
+        kzoo.load_spec(tmp_path / "spec.json")
+
+
+def test_a_misspelt_activation_is_named_at_its_argument():
+    raw = json.loads(kzoo.load_spec("dcn_v2").to_json())
+    i = next(i for i, b in enumerate(raw["blocks"]) if b["type"] == "MLP")
+    raw["blocks"][i]["args"]["activation"] = "rleu"
+    with pytest.raises(SpecError, match=rf"blocks\[{i}\].args.activation: MLP '\w+': unknown activation 'rleu' "
+                                        r"\(did you mean 'relu'\?\)"):
+        kzoo.build(kzoo.load_spec(raw))
+
+
+def test_a_loss_that_becomes_nan_stops_training_naming_the_step(frame, tmp_path):
+    raw = json.loads(kzoo.load_spec("lr").to_json())
+    raw["train"]["optimizer"] = {"type": "sgd", "learning_rate": 1e38}
+    with pytest.raises(TrainingDiverged, match=r"the loss is (nan|inf) at epoch 1, step \d+; lower "
+                                               r"train.optimizer.learning_rate \(learning rate 1e\+38\)"):
+        kzoo.train(raw, frame, tmp_path / "run", epochs=2, batch_size=32, verbose=0)
+    assert not (tmp_path / "run" / "metrics.json").exists()
