@@ -64,7 +64,6 @@ def main() -> int:
                 data = data_file(config, args.rows, tmp)
                 for method in METHODS:
                     spec = json.loads((REPO / "zoo_configs" / f"{config}.json").read_text())
-                    spec["features"]["$ref"] = str(REPO / "kzoo" / "datasets" / Path(spec["features"]["$ref"]).name)
                     spec["train"]["epochs"] = 1
                     if method != "static":
                         spec["train"]["balancing"] = {"type": method, **({"shared": shared} if method == "gradnorm" else {})}

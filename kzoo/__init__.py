@@ -68,9 +68,7 @@ def serving_model(spec, model, tasks: list[str] | None = None):
 
 
 def load_model(path):
-    """The trained keras.Model of a run dir (its model.keras) or of a `.keras` file."""
-    import keras
-
+    """The trained keras.Model of a run dir (its model.keras) or of a `.keras` file (safe mode only)."""
     from pathlib import Path
 
     path = Path(path)
@@ -78,4 +76,6 @@ def load_model(path):
         path = path / "model.keras"
     if not path.is_file():
         raise FileNotFoundError(f"no model at {path}: pass a run dir or a .keras file")
-    return keras.models.load_model(path, compile=False)
+    from kzoo.rundir import load_keras_file
+
+    return load_keras_file(path)

@@ -25,6 +25,22 @@ NEEDED = ("spec.json", "preprocessing.json", "model.keras")
 OUTPUTS = ("history.csv", "steps.jsonl", "metrics.json", "model.keras", "curves.png")
 
 
+def load_keras_file(path):
+    """A `.keras` file in Keras' safe mode only: a file that would run Python code when loaded (a
+    Lambda layer's function) is refused with a DataError, never loaded."""
+    import keras
+
+    from kzoo.errors import DataError
+
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except ValueError as e:
+        if "safe_mode" not in str(e):
+            raise
+        raise DataError(f"{path}: this model file holds Python code (a Lambda layer's function), which kzoo never "
+                        "loads; build the model from a spec or replace the Lambda with a registered layer") from None
+
+
 class RunExistsError(FileExistsError):
     """`kzoo train` aimed at a finished run without `--overwrite`."""
 
@@ -108,12 +124,10 @@ class RunDir:
 
     def model(self):
         """The trained Keras model (task logits out)."""
-        import keras
-
         from kzoo import blocks  # noqa: F401  (registers the block classes for deserialisation)
 
         self.check()
-        return keras.models.load_model(self.path / "model.keras", compile=False)
+        return load_keras_file(self.path / "model.keras")
 
     def tasks(self, spec=None) -> list:
         """The spec's Task objects with what training saved for them (a retrieval task's corpus)."""

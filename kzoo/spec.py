@@ -102,6 +102,9 @@ def load_spec(spec, base_dir: str | Path | None = None) -> Spec:
     else:
         text = spec if isinstance(spec, str) else None
     if text is not None:
+        if not text.strip():
+            raise SpecError([("(file)", "the spec is empty; a spec is a JSON object: `kzoo schema` prints its "
+                                        "schema and zoo_configs/ holds examples")], source)
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as e:
@@ -119,8 +122,12 @@ def _resolve_ref(ref: str, base_dir, source) -> dict:
     """A dataset schema file: beside the spec first, then kzoo's bundled `datasets/`."""
     if not isinstance(ref, str) or not ref.endswith(".json"):
         raise SpecError([("features.$ref", f"expected a path to a .json dataset schema, received {ref!r}")], source)
+    if Path(ref).is_absolute() or ".." in Path(ref).parts:
+        # A spec reads only what travels with it: a file beside it (or below) or a bundled schema.
+        raise SpecError([("features.$ref", f"{ref!r} points outside the spec's folder; a $ref names a file beside "
+                                           "the spec (a relative path without '..') or a bundled schema such as "
+                                           "'datasets/criteo.json'")], source)
     candidates = [Path(base_dir) / ref] if base_dir else []
-    candidates.append(Path(ref))
     candidates.append(DATASETS_DIR / Path(ref).name)
     for c in candidates:
         if c.is_file():
@@ -304,6 +311,8 @@ def check(raw: dict, source: str | None = None) -> Spec:
     if "shared" in balancing and balancing["shared"] not in block_names:
         add("train.balancing.shared", f"'{balancing['shared']}' is not a block{did_you_mean(balancing['shared'], block_names)}")
 
+    _check_calibration(raw, task_names, add)
+
     cycle = find_cycle(edges)
     if cycle:
         add(f"blocks[{block_names[cycle[0]]}].inputs", f"cycle: {' -> '.join(cycle)}")
@@ -404,3 +413,36 @@ def logged_metrics(raw: dict) -> list[str]:
     own_loss = [] if len(tasks) == 1 else ["loss"]
     names = ["loss"] + [logged_name(raw, t["name"], m) for t in tasks for m in own_loss + task_metrics(t)]
     return names + [f"val_{n}" for n in names]
+
+
+def calibration_problem(task: dict) -> str | None:
+    """Why post-hoc calibration (kzoo.calibration) cannot apply to a task entry, or None: it fits a
+    plain binary task's served probability to 0/1 labels."""
+    kind = task.get("type", "binary")
+    if kind != "binary":
+        return f"task '{task['name']}' is a {kind} task; calibration applies to binary tasks (probabilities, 0/1 labels)"
+    if task.get("given"):
+        return (f"task '{task['name']}' is conditional (given '{task['given']}'): its joint is computed in the graph "
+                "from its parent's probability; calibrate the parent task instead")
+    loss = task.get("loss")
+    if (loss.get("type") if isinstance(loss, dict) else loss) == "kl":
+        return f"task '{task['name']}' learns a teacher's probabilities (loss 'kl'), not 0/1 labels to calibrate to"
+    return None
+
+
+def _check_calibration(raw: dict, task_names: dict, add) -> None:
+    """The `calibration` block: its tasks exist and are calibratable, and there is a validation split."""
+    block = raw.get("calibration")
+    if block is None:
+        return
+    if "tasks" in block:
+        for i, name in enumerate(block["tasks"]):
+            if name not in task_names:
+                add(f"calibration.tasks[{i}]", f"'{name}' is not a task{did_you_mean(name, task_names)}")
+            elif (problem := calibration_problem(raw["tasks"][task_names[name]])) is not None:
+                add(f"calibration.tasks[{i}]", problem)
+    elif not any(calibration_problem(t) is None for t in raw["tasks"]):
+        add("calibration", "this spec has no binary task to calibrate (a plain binary task with 0/1 labels)")
+    if raw.get("train", {}).get("split", {}).get("validation", 0.1) == 0:
+        add("calibration", "calibration is fitted on the validation split, and train.split.validation is 0; "
+                           "give it a fraction such as 0.1")

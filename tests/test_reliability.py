@@ -99,3 +99,35 @@ def test_a_loss_that_becomes_nan_stops_training_naming_the_step(frame, tmp_path)
                                                r"train.optimizer.learning_rate \(learning rate 1e\+38\)"):
         kzoo.train(raw, frame, tmp_path / "run", epochs=2, batch_size=32, verbose=0)
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_model_file_holding_python_code_is_refused_not_run(tmp_path):
+    import keras
+
+    ran = []
+    inp = keras.Input((3,))
+    model = keras.Model(inp, keras.layers.Lambda(lambda x: ran.append(1) or x * 2)(inp))
+    ran.clear()  # building the model called it once
+    model.save(tmp_path / "lambda.keras")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "lambda.keras").rename(tmp_path / "run" / "model.keras")
+    with pytest.raises(DataError, match=r"model.keras: this model file holds Python code .* which kzoo never loads"):
+        kzoo.load_model(tmp_path / "run")
+    assert not ran
+
+
+@pytest.mark.parametrize("ref", ["/etc/criteo.json", "../criteo.json", "sub/../../criteo.json"])
+def test_a_ref_outside_the_specs_folder_is_refused(tmp_path, ref):
+    outside = tmp_path / "criteo.json"
+    outside.write_text(json.dumps(kdata.bundled_dataset("criteo")))
+    folder = tmp_path / "specs"
+    (folder / "sub").mkdir(parents=True)
+    raw = json.loads(kzoo.load_spec("lr").to_json())
+    raw["features"] = {"$ref": ref}
+    (folder / "spec.json").write_text(json.dumps(raw))
+    with pytest.raises(SpecError, match=r"features.\$ref: .* points outside the spec's folder"):
+        kzoo.load_spec(folder / "spec.json")
+    raw["features"] = {"$ref": "criteo.json"}  # beside the spec: read
+    (folder / "criteo.json").write_text(outside.read_text())
+    (folder / "spec.json").write_text(json.dumps(raw))
+    assert kzoo.load_spec(folder / "spec.json").dataset["name"] == "criteo"
