@@ -66,6 +66,39 @@ class Block(keras.layers.Layer):
     loss_only: bool = False  # adds a training loss; skipped (student input passed on) when exported
     holds_tables: bool = False
 
+    def __init__(self, **kwargs):
+        # `quantized` is not a spec argument: a quantized model's config carries it (get_config) so
+        # that a reload converts the same sublayers again (load_own_variables).
+        quantized = dict(kwargs.pop("quantized", None) or {})
+        super().__init__(**kwargs)
+        self._quantized_config = quantized
+
+    def get_config(self):
+        # Keras serialises a layer's own dtype policy, but the sublayers a block makes in __init__
+        # (an MLP's Dense layers) are rebuilt from the block's arguments, in float32. After
+        # `model.quantize`, record which of them (by position in _flatten_layers order) are quantized.
+        config = super().get_config()
+        quantized = {str(i): layer.dtype_policy.name for i, layer in enumerate(self._flatten_layers(include_self=False))
+                     if layer.quantization_mode is not None}
+        if quantized:
+            config["quantized"] = quantized
+        return config
+
+    def load_own_variables(self, store):
+        # Keras loads a layer's own variables before its sublayers': quantize the recorded sublayers
+        # first (setting a built layer's policy to "int8_from_float32" calls its `quantize`), so
+        # their stored int8 values and scales load into int8 variables.
+        if self._quantized_config:
+            sublayers = list(self._flatten_layers(include_self=False))
+            for index, policy in self._quantized_config.items():
+                if int(index) >= len(sublayers):
+                    raise ValueError(f"block '{self.name}': the saved model quantized sublayer {index}, but the block "
+                                     f"has {len(sublayers)} sublayers")
+                layer = sublayers[int(index)]
+                if layer.quantization_mode is None:
+                    layer.dtype_policy = policy
+        super().load_own_variables(store)
+
     @classmethod
     def output_names(cls, args: dict) -> list[str] | None:
         """Names of the outputs for these spec `args`, when the block has several (then `call`

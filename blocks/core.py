@@ -136,19 +136,54 @@ class FeatureEmbedding(Block):
 
     def build(self, input_shape=None):
         init = keras.initializers.RandomNormal(stddev=self.initializer_scale)
-        self.embeddings = (self.add_weight(name="embeddings", shape=(self.total_rows, self.dim), initializer=init)
-                           if self.total_rows else None)
+        if self.total_rows and self.quantization_mode == "int8":
+            self._int8_build()  # a reloaded int8 model: its stored int8 rows and scales load into these
+        else:
+            self.embeddings = (self.add_weight(name="embeddings", shape=(self.total_rows, self.dim),
+                                               initializer=init) if self.total_rows else None)
         self.numeric_kernel = (self.add_weight(name="numeric_kernel", shape=(len(self.numeric), self.dim),
                                                initializer=init) if self.numeric else None)
         self.built = True
 
     def table_variables(self) -> list:
-        return [self.embeddings] if self.embeddings is not None else []
+        return [self.embeddings] if self.embeddings is not None and self.quantization_mode is None else []
 
     def table_rows(self, name: str):
         """Rows of table `name` (a feature name, or a shared `embedding` name) as a tensor."""
         start = self.offsets[name]
-        return self.embeddings[start:start + _tables(self.features)[name]]
+        return self._rows(ops.arange(start, start + _tables(self.features)[name], dtype="int32"))
+
+    def _rows(self, ids):
+        """Table rows `ids` (any shape) -> (..., dim) floats; an int8 table is dequantized per row."""
+        if self.quantization_mode != "int8":
+            return gather_rows(self.embeddings, ids)
+        rows = ops.cast(ops.take(self.embeddings, ids, axis=0), self.compute_dtype)
+        return rows / ops.expand_dims(ops.take(self.embeddings_scale, ids, axis=0), -1)
+
+    # int8, as keras.layers.Embedding does it: per-row absmax scale s_i = 127 / max_j |E_ij|,
+    # stored q_ij = round(E_ij * s_i) as int8, looked up as q_ij / s_i. One scale per row (not
+    # per column) because the tables have far more rows than columns, and each row is used alone.
+    def quantize(self, mode=None, type_check=True, config=None):
+        if mode != "int8":
+            raise NotImplementedError(f"{type(self).__name__} quantizes to 'int8' only, received mode={mode!r}")
+        if self.embeddings is not None:
+            values, scale = keras.quantizers.abs_max_quantize(self.embeddings, axis=-1, to_numpy=True)
+            del self.embeddings
+            self._int8_build()
+            self.embeddings.assign(values)
+            self.embeddings_scale.assign(ops.squeeze(scale, axis=-1))
+        self._is_quantized = True
+        self.dtype_policy = keras.dtype_policies.get(f"int8_from_{self.dtype_policy.name}")
+
+    def _int8_build(self):
+        self.embeddings = self.add_weight(name="embeddings", shape=(self.total_rows, self.dim), initializer="zeros",
+                                          dtype="int8", trainable=False)
+        self.embeddings_scale = self.add_weight(name="embeddings_scale", shape=(self.total_rows,),
+                                                initializer="ones", trainable=False)
+        self._is_quantized = True
+
+    def _int8_call(self, inputs, *args, **kwargs):
+        return self.call(inputs, *args, **kwargs)  # call reads the table through _rows
 
     def call(self, inputs):
         return self._fields(inputs)
@@ -159,7 +194,7 @@ class FeatureEmbedding(Block):
             ids = ops.concatenate([_column(inputs[f["name"]], "int32") for f in self.categorical], axis=1)
             if any(self.id_offsets):
                 ids = ops.add(ids, ops.convert_to_tensor(self.id_offsets, dtype="int32"))
-            looked_up = gather_rows(self.embeddings, ids)
+            looked_up = self._rows(ids)
             self._penalise(looked_up)
             parts["categorical"] = looked_up
         if self.numeric:
@@ -181,7 +216,7 @@ class FeatureEmbedding(Block):
         valid = ops.greater_equal(ids, 0)
         rows = ops.where(valid, ids, ops.zeros_like(ids)) + self.offsets[feature.get("table") or feature["name"]]
         mask = ops.cast(valid, self.compute_dtype)
-        looked_up = gather_rows(self.embeddings, rows) * ops.expand_dims(mask, -1)
+        looked_up = self._rows(rows) * ops.expand_dims(mask, -1)
         self._penalise(looked_up)
         return looked_up, mask
 

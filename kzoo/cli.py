@@ -138,6 +138,31 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from kzoo.calibration import FILE, calibrate, summary
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    result = calibrate(args.run, args.method, tasks, data=args.data)
+    print(summary(result))
+    print(f"wrote {Path(args.run) / FILE}, reliability_<task>.png and the calibrated metrics.json; "
+          "`kzoo predict` and `kzoo export` now serve calibrated scores")
+    return 0
+
+
+def cmd_compress(args) -> int:
+    from kzoo.compress import compress
+
+    metrics = compress(args.run, args.out, args.method, sparsity=args.sparsity, epochs=args.epochs,
+                       student=args.student, alpha=args.alpha, temperature=args.temperature,
+                       t_squared=args.t_squared, batch_size=args.batch_size, overwrite=args.overwrite)
+    _print_metrics({k: v for k, v in metrics.items() if k not in ("fine_tune", "sparsity", "teacher")})
+    if "sparsity" in metrics:
+        print(f"sparsity: target={metrics['sparsity']['target']}  achieved overall={metrics['sparsity']['overall']:.4f}")
+    print(f"params={metrics['params']}  param_bytes={metrics['param_bytes']}  model.keras={metrics['model_keras_bytes']} B")
+    print(f"run: {args.out}  ({args.method} of {args.run}; `kzoo export {args.out} --out BASE` serves it)")
+    return 0
+
+
 def cmd_diagnose(args) -> int:
     from kzoo.diagnose import diagnose, table
 
@@ -145,6 +170,38 @@ def cmd_diagnose(args) -> int:
     print(table(report))
     print(f"\nwrote {Path(args.run) / 'diagnose.json'} and {Path(args.run) / 'diagnose.png'}")
     return 0
+
+
+def cmd_serving_config(args) -> int:
+    from kzoo.serving import config as sc
+
+    try:
+        names = sc.model_names([Path(b) for b in args.bases], args.name or [])
+        config = sc.model_config(args.bases, names, sc.scoped(args.labels or [], names, "--labels", sc.parse_labels),
+                                 args.policy, sc.scoped(args.versions or [], names, "--versions", sc.parse_versions),
+                                 args.root, args.allow_unloaded_labels)
+    except sc.ConfigError as e:
+        print(f"kzoo: error: {e}", file=sys.stderr)
+        return 2
+    out = sc.write_config(config, args.out)
+    seen = f"{args.root.rstrip('/')}/{out.name}" if args.root else out.resolve()  # --root: mounted beside the bases
+    print(f"wrote {out} ({len(config.model_config_list.config)} model(s)); serve with "
+          f"tensorflow_model_server --model_config_file={seen}")
+    print("\n".join(sc.describe(config)))
+    return 0
+
+
+def cmd_serve_check(args) -> int:
+    from kzoo.serve_check import serve_check
+    from kzoo.serving import check
+
+    try:
+        report = serve_check(args.export, run=args.run, data=args.data, rows=args.rows)
+    except check.CheckError as e:
+        print(f"kzoo: error: {e}", file=sys.stderr)
+        return 2
+    print(check.table(report))
+    return 0 if check.passed(report) else 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -187,6 +244,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--rows", type=int, default=2048, help="how many rows (default 2048)")
     s.set_defaults(fn=cmd_diagnose)
 
+    s = sub.add_parser("calibrate", help="fit Platt or isotonic calibration of the binary tasks on the run's "
+                       "validation split; predictions and exports then serve calibrated scores")
+    s.add_argument("run")
+    s.add_argument("--method", required=True, choices=["platt", "isotonic"])
+    s.add_argument("--tasks", metavar="NAMES", help="comma-separated tasks (default: every plain binary task)")
+    s.add_argument("--data", help="the run's data, when run.json cannot re-read it (a run trained on a DataFrame)")
+    s.set_defaults(fn=cmd_calibrate)
+
     s = sub.add_parser("export", help="SavedModel for TF Serving at BASE/VERSION")
     s.add_argument("run")
     s.add_argument("--out", required=True, metavar="BASE")
@@ -200,14 +265,62 @@ def parser() -> argparse.ArgumentParser:
                    "(e.g. user_id,ad_id)")
     s.add_argument("--output", help="file to write (.csv, or .json/.jsonl for JSON lines); default CSV on stdout")
     s.set_defaults(fn=cmd_predict)
+    s = sub.add_parser("compress", help="a compressed copy of a run as a new run dir: int8, prune or distill "
+                       "(docs/compression.md)")
+    s.add_argument("run", help="a finished run (the teacher, for distill)")
+    s.add_argument("--out", required=True, help="the new run dir")
+    s.add_argument("--method", required=True, choices=["int8", "prune", "distill"])
+    s.add_argument("--sparsity", type=float, default=0.5, help="prune: fraction of each Dense kernel zeroed (default 0.5)")
+    s.add_argument("--epochs", type=int, default=1, help="prune: fine-tuning epochs (0: none); distill: student epochs")
+    s.add_argument("--student", help="distill: the student spec (a file or a zoo model's name)")
+    s.add_argument("--alpha", type=float, default=0.5, help="distill: weight of the hard-label loss (default 0.5)")
+    s.add_argument("--temperature", type=float, default=2.0, help="distill: temperature T (default 2)")
+    s.add_argument("--t-squared", action="store_true", help="distill: scale the KL term by T^2 (Hinton et al.)")
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--overwrite", action="store_true", help="write into an --out that holds a finished run")
+    s.set_defaults(fn=cmd_compress)
+
+    s = sub.add_parser("serving-config", help="TF Serving model config file (--model_config_file) for export bases")
+    s.add_argument("bases", nargs="+", metavar="BASE", help="export bases (BASE/<version>/saved_model.pb)")
+    s.add_argument("--out", required=True, help="the config file to write, e.g. models.config")
+    s.add_argument("--name", action="append", metavar="NAME=BASE", help="model name of BASE (default: its folder "
+                   "name); repeatable")
+    s.add_argument("--labels", action="append", metavar="[MODEL:]L=V,...", help="version labels, e.g. "
+                   "stable=1,canary=2 (MODEL: when there are several models); repeatable")
+    s.add_argument("--policy", default="", help="latest (default), latest:N, all, or specific (the default with "
+                   "--labels: load exactly the labelled versions)")
+    s.add_argument("--versions", action="append", metavar="[MODEL:]V,...", help="versions for --policy specific")
+    s.add_argument("--root", help="base_path prefix as the server sees it (e.g. /models in a container); "
+                   "default: the absolute paths here")
+    s.add_argument("--allow-unloaded-labels", action="store_true", help="let a label name a version the policy "
+                   "does not load (the server needs --allow_version_labels_for_unavailable_models)")
+    s.set_defaults(fn=cmd_serving_config)
+
+    s = sub.add_parser("serve-check", help="before deploying: load an export in a TensorFlow-only process, replay "
+                       "its warmup, send real rows over REST and gRPC, compare with the run's predictions")
+    s.add_argument("export", help="an export base (its latest version) or a version dir BASE/V")
+    s.add_argument("--run", help="recompute the reference predictions with this run (default: those recorded "
+                   "at export)")
+    s.add_argument("--data", help="rows to send instead of the recorded validation rows (needs --run)")
+    s.add_argument("--rows", type=int, default=64, help="rows of --data to send (default 64)")
+    s.set_defaults(fn=cmd_serve_check)
     return p
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    import warnings
+
     from kzoo.errors import DataError, SpecError
 
-    if args.command in ("train", "evaluate", "export", "predict", "diagnose"):
+    # kzoo's own warnings (a metric left null, ...) in one line, without the source line under them.
+    default_format = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, filename, *rest, **kw: (
+        f"kzoo: warning: {message}\n" if "kzoo" in Path(filename).parts or "/kzoo/" in filename
+        else default_format(message, category, filename, *rest, **kw))
+
+    if args.command in ("train", "evaluate", "export", "predict", "diagnose", "calibrate", "compress",
+                        "serving-config", "serve-check"):
         from kzoo import _quiet
 
         _quiet.import_tensorflow()  # the data pipeline uses tf.data on every backend

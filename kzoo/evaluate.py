@@ -10,18 +10,26 @@ from kzoo.predict import predict_frame
 from kzoo.tasks import tasks_of
 
 
-def evaluate_frame(model, spec, pre, frame, batch_size: int = 4096, tasks=None) -> dict:
+def evaluate_frame(model, spec, pre, frame, batch_size: int = 4096, tasks=None, calibration=None,
+                   reliability_dir=None) -> dict:
     """{output: report, "examples": n}: binary tasks get AUC/logloss/ECE..., regression MSE/MAE..., a
     conditional task its joint and its conditional (on the parent's positives), a retrieval task
     Recall@K / NDCG@K against its item corpus beside a popularity baseline. `tasks`: the fitted
-    Task objects (a retrieval task needs its corpus), else tasks_of(spec)."""
-    served = predict_frame(model, spec, pre, frame, batch_size)
+    Task objects (a retrieval task needs its corpus), else tasks_of(spec). `calibration`: a run's
+    calibration.json (kzoo.calibration), applied to the served outputs. `reliability_dir`: write
+    reliability_<task>.png there for each binary task."""
+    served = predict_frame(model, spec, pre, frame, batch_size, calibration=calibration)
     result: dict = {}
-    for task in tasks if tasks is not None else tasks_of(spec):
+    tasks = tasks if tasks is not None else tasks_of(spec)
+    for task in tasks:
         result.update(task.report(frame, served))
         if hasattr(task, "rank_report"):
             result[task.name].update(task.rank_report(model, spec, pre, frame, batch_size)[task.name])
     result["examples"] = int(len(frame))
+    if reliability_dir is not None:
+        from kzoo.calibration import reliability_pngs
+
+        reliability_pngs(tasks, frame, served, reliability_dir, spec.name)
     return result
 
 
@@ -37,4 +45,7 @@ def evaluate(run, data=None) -> dict:
         frame = split_frames(spec, frame)[2]
     else:
         spec, frame = load_for(spec, data)
-    return evaluate_frame(run.model(), spec, run.preprocessor(), frame, tasks=run.tasks(spec))
+    from kzoo.calibration import load as load_calibration
+
+    return evaluate_frame(run.model(), spec, run.preprocessor(), frame, tasks=run.tasks(spec),
+                          calibration=load_calibration(run.path))

@@ -15,11 +15,45 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from kzoo.rundir import RunDir
 
 WARMUP_FILE = "tf_serving_warmup_requests"
+WARMUP_ROWS_FILE = "kzoo_warmup.json"  # the warmup rows as JSON columns, and the run's predictions for them
+# One warmup request per batch size: a graph runs once per new input shape before it is fast, and
+# these are the sizes a deployment sees most (one user; a small page; a ranking candidate batch).
+WARMUP_BATCHES = (1, 8, 64)
+
+
+@dataclass
+class Warmup:
+    """Rows for the warmup requests: `frame` (raw, conformed) from the run's validation split, or None
+    for neutral rows, `source` saying which, and `expected` the run's predictions for `frame` by output."""
+
+    frame: object
+    source: str
+    expected: dict | None = None
+
+
+def warmup_data(run: RunDir, spec) -> Warmup:
+    """The first max(WARMUP_BATCHES) rows of the run's validation split, re-read from the data
+    argument recorded in run.json; neutral rows (and the reason) when that data cannot be read now."""
+    from kzoo.pipeline import load_for, split_frames
+
+    data = run.run_info().get("data")
+    if not data or data == "<DataFrame>":
+        return Warmup(None, "neutral rows: the run records no re-readable data argument (trained on a DataFrame)")
+    try:
+        spec, frame = load_for(spec, data)
+        frame = split_frames(spec, frame)[1]
+    except (OSError, ValueError) as err:  # DataError and SpecError are ValueErrors
+        return Warmup(None, f"neutral rows: the run's data {data!r} could not be read at export ({err})")
+    if not len(frame):
+        return Warmup(None, f"neutral rows: the validation split of {data!r} is empty")
+    return Warmup(frame.iloc[:max(WARMUP_BATCHES)].reset_index(drop=True), f"validation split of {data}")
 
 
 def next_version(base: Path) -> int:
@@ -59,18 +93,26 @@ def _export_tf(run: Path, base: Path, version: int) -> Path:
     import keras
     import tensorflow as tf
 
+    from kzoo.calibration import calibrated, load as load_calibration
     from kzoo.graph import export_tasks, serving_model
 
     run = RunDir(run)
     spec, model = run.spec(), run.model()
     retrieval = [t for t in run.tasks(spec) if t.kind == "retrieval"]
+    warmup = warmup_data(run, spec)
     if retrieval:
         from kzoo.retrieval_export import export_retrieval
 
-        return export_retrieval(run, base, version, retrieval[0], write_version)
+        return export_retrieval(run, base, version, retrieval[0], partial(write_version, warmup=warmup))
     tasks = export_tasks(spec)
     served, used = serving_model(spec, model, tasks)
+    calibration = load_calibration(run.path)
+    served = calibrated(served, calibration)  # RUN/calibration.json: calibrated tasks end in their calibrator
     pre = run.preprocessor(used)
+    if warmup.frame is not None:  # what `kzoo predict RUN` gives for the warmup rows; serve-check compares
+        from kzoo.predict import predict_frame
+
+        warmup.expected = predict_frame(model, spec, run.preprocessor(), warmup.frame, serving=served)
 
     archive = keras.export.ExportArchive()
     archive.track(served)
@@ -84,13 +126,16 @@ def _export_tf(run: Path, base: Path, version: int) -> Path:
     archive.add_endpoint(name="serving_default", fn=serve, input_signature=[pre.signature()])
     towers = spec.raw.get("export", {}).get("towers")
     if towers:  # written before the model, which is renamed into place last
-        _export_towers(run, spec, model, towers, base, version)
+        _export_towers(run, spec, model, towers, base, version, Warmup(warmup.frame, warmup.source))
     return write_version(archive, base, version, pre, {
         "spec": spec.name, "tasks": tasks, "outputs": sorted(served.output_names), "dataset": spec.dataset,
-        "params": {"served": served.count_params(), "trained": model.count_params()}})
+        "params": {"served": served.count_params(), "trained": model.count_params()},
+        **({"calibration": {"method": calibration["method"],
+                            "tasks": [t for t in sorted(calibration["tasks"]) if t in tasks]}} if calibration else {})},
+        warmup=warmup)
 
 
-def _export_towers(run, spec, model, towers: dict, base: Path, version: int) -> None:
+def _export_towers(run, spec, model, towers: dict, base: Path, version: int, warmup: Warmup | None = None) -> None:
     """`export.towers`: each tower's block as its own SavedModel, BASE_query/V and BASE_item/V, its
     raw columns in and its output out (`<side>_embedding`, or `<side>_<output>` per output of a
     block with several, e.g. an MTMD tower's per-task embeddings)."""
@@ -115,7 +160,7 @@ def _export_towers(run, spec, model, towers: dict, base: Path, version: int) -> 
         archive.add_endpoint(name="serving_default", fn=_tower_serve(tower, pre, names),
                              input_signature=[pre.signature()])
         write_version(archive, tower_base(base, side), version, pre,
-                      {"spec": spec.name, "tower": side, "block": ref, "outputs": names})
+                      {"spec": spec.name, "tower": side, "block": ref, "outputs": names}, warmup=warmup)
 
 
 def _tower_serve(tower, pre, names: list):
@@ -128,11 +173,12 @@ def _tower_serve(tower, pre, names: list):
     return serve
 
 
-def write_version(archive, base: Path, version: int, pre, meta: dict, extra=None) -> Path:
-    """Write `archive` as BASE/VERSION: into a hidden temporary folder, with the warmup requests,
-    assets.extra/kzoo.json (`meta` plus the input dtypes) and whatever `extra(folder)` writes into
-    assets.extra (its returned dict joins kzoo.json), then renamed into place, so a failure at any
-    step leaves no version TF Serving would load."""
+def write_version(archive, base: Path, version: int, pre, meta: dict, extra=None, warmup: Warmup | None = None) -> Path:
+    """Write `archive` as BASE/VERSION: into a hidden temporary folder, with the warmup requests
+    (from `warmup`'s rows, else neutral rows), assets.extra/kzoo.json (`meta` plus the input dtypes
+    and what the warmup holds) and whatever `extra(folder)` writes into assets.extra (its returned
+    dict joins kzoo.json), then renamed into place, so a failure at any step leaves no version TF
+    Serving would load."""
     base.mkdir(parents=True, exist_ok=True)
     final = base / str(version)
     if final.exists():
@@ -141,8 +187,8 @@ def write_version(archive, base: Path, version: int, pre, meta: dict, extra=None
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         archive.write_out(str(tmp), verbose=False)
-        write_warmup(tmp, pre)
-        meta = {**meta, "inputs": {name: spec.dtype.name for name, spec in pre.signature().items()}}
+        meta = {**meta, "inputs": {name: spec.dtype.name for name, spec in pre.signature().items()},
+                "warmup": write_warmup(tmp, pre, warmup)}
         if extra is not None:
             meta.update(extra(tmp / "assets.extra"))
         (tmp / "assets.extra" / "kzoo.json").write_text(json.dumps(meta, indent=2))
@@ -152,20 +198,43 @@ def write_version(archive, base: Path, version: int, pre, meta: dict, extra=None
     return final
 
 
-def write_warmup(export_dir: Path, pre, rows: int = 4) -> None:
-    """assets.extra/tf_serving_warmup_requests: PredictRequests TF Serving replays at load time."""
+def write_warmup(export_dir: Path, pre, warmup: Warmup | None = None) -> dict:
+    """assets.extra/tf_serving_warmup_requests: PredictRequests TF Serving replays at load time, one per
+    batch size in WARMUP_BATCHES (the first B rows; capped at the rows there are). With real rows,
+    assets.extra/kzoo_warmup.json keeps them as columns plus the run's predictions for them, so
+    `kzoo serve-check` can test the export without the run or its data. Returns kzoo.json's "warmup"."""
+    import math
+
     import tensorflow as tf
-
-    from kzoo.serving.requests import grpc_request, placeholder_rows
-
-    request = grpc_request(placeholder_rows(pre.signature(), rows), pre.signature())
     from tensorflow_serving.apis import prediction_log_pb2
 
+    from kzoo.serving.requests import columns, grpc_request, placeholder_rows
+
+    signature = pre.signature()
     extra = export_dir / "assets.extra"
     extra.mkdir(parents=True, exist_ok=True)
+    if warmup is None or warmup.frame is None:
+        cols = placeholder_rows(signature, 4)
+        info = {"source": warmup.source if warmup else "neutral rows (0 for numbers, \"\" for strings)"}
+    else:
+        cols = columns(warmup.frame, signature)
+        info = {"source": warmup.source, "file": WARMUP_ROWS_FILE, "expected": warmup.expected is not None}
+    n = len(next(iter(cols.values())))
+    info["batch_sizes"] = sorted({min(b, n) for b in WARMUP_BATCHES}) if "file" in info else [n]
     with tf.io.TFRecordWriter(str(extra / WARMUP_FILE)) as writer:
-        log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-        writer.write(log.SerializeToString())
+        for size in info["batch_sizes"]:
+            request = grpc_request({k: v[:size] for k, v in cols.items()}, signature)
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    if "file" in info:
+        def plain(values):  # strict JSON: a missing numeric (NaN) is written as null
+            return [None if isinstance(v, float) and math.isnan(v) else v for v in values.tolist()]
+
+        (extra / WARMUP_ROWS_FILE).write_text(json.dumps({
+            "source": warmup.source, "batch_sizes": info["batch_sizes"],
+            "inputs": {k: plain(v) for k, v in cols.items()},
+            "expected": {k: plain(v) for k, v in (warmup.expected or {}).items()}}))
+    return info
 
 
 def _main(argv: list[str]) -> int:

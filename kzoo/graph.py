@@ -14,6 +14,8 @@ when re-walking it — so the serving graph cannot drift from the trained one.
 
 from __future__ import annotations
 
+import os
+
 from typing import NamedTuple
 
 import keras
@@ -110,6 +112,20 @@ def model_inputs(spec) -> dict:
             for n in spec.used_features()}
 
 
+def _check_table_memory(b: dict, i: int, features: list[dict], source) -> None:
+    """A block's embedding tables must fit in this machine's memory (rows x dim x 4 bytes): a huge
+    `hash_buckets` or `dim` is a SpecError before Keras tries to allocate it."""
+    rows = sum(int(f.get("vocab_size", 0)) for f in features if f["kind"] != "numeric")
+    dim = b.get("args", {}).get("dim", 1)
+    need = rows * (dim if isinstance(dim, int) and dim > 0 else 1) * 4
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise SpecError([(f"blocks[{i}].args", f"{b['type']} '{b['name']}': its tables would hold {rows:,} rows x "
+                                               f"{dim} = {need / 2**30:,.1f} GiB, more than this machine's "
+                                               f"{have / 2**30:,.1f} GiB; lower `dim` or the features' hash_buckets / "
+                                               "max_id")], source)
+
+
 def _block_error(b: dict, i: int, e: Exception) -> tuple[str, str]:
     """A block's constructor error at its JSON path; a misspelt activation at the argument itself."""
     args = b.get("args", {})
@@ -189,6 +205,8 @@ def walk(spec, stats: dict | None = None, model: keras.Model | None = None, task
                 group = refs[0][len(GROUP):]
                 read.update(spec.groups[group])
                 x = {n: inputs[n] for n in spec.groups[group]}
+                if cls.holds_tables and not serving:
+                    _check_table_memory(b, index[name], feature_descriptions(spec, stats, group), spec.source)
                 make = lambda: cls(features=feature_descriptions(spec, stats, group), name=name,  # noqa: E731
                                    **_block_args(spec, b, cls))
             else:
@@ -196,6 +214,8 @@ def walk(spec, stats: dict | None = None, model: keras.Model | None = None, task
                 x = xs[0] if len(xs) == 1 else xs
                 make = lambda: cls(name=name, **_block_args(spec, b, cls))  # noqa: E731
             tensors[name] = layer(name, make)(x)
+        except SpecError:
+            raise
         except (ValueError, TypeError) as e:
             raise SpecError([_block_error(b, index[name], e)], spec.source) from None
     logits = {t.name: t.head(*[tensor(r) for r in t.inputs], layer=layer) for t in wanted}

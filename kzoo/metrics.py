@@ -1,4 +1,4 @@
-"""Evaluation metrics used in recommender-system papers (pure NumPy/SciPy).
+"""Evaluation metrics used in recommender-system papers (NumPy; scikit-learn fits the calibration slope).
 
 Every function accepts array-likes.  Column vectors such as ``(n, 1)`` are
 flattened; anything that is not 1-D after that, lengths that disagree, empty
@@ -17,6 +17,7 @@ __all__ = [
     "log_mae",
     "ece",
     "calibration_curve_points",
+    "calibration_slope_intercept",
     "recall_at_k",
     "ndcg_at_k",
     "binary_report",
@@ -188,17 +189,27 @@ def logloss(y_true, y_prob, eps: float = 1e-7) -> float:
     return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p)))
 
 
-def _bin_stats(y_true, y_prob, bins):
-    """Per-bin (sum of p, sum of y, count) over equal-width bins on [0, 1].
+STRATEGIES = ("uniform", "quantile")
 
-    Bin b covers ((b-1)/B, b/B], the first bin also includes 0 (same edges
-    as ``sklearn.calibration.calibration_curve(strategy="uniform")``).
+
+def _bin_stats(y_true, y_prob, bins, strategy: str = "uniform"):
+    """Per-bin (sum of p, sum of y, count).
+
+    ``strategy="uniform"``: equal-width bins on [0, 1]; bin b covers ((b-1)/B, b/B], the first
+    also 0. ``"quantile"``: equal-mass bins, whose edges are the B-quantiles of ``y_prob``, so
+    each bin holds about N/B rows (tied scores stay in one bin). The edges are those of
+    ``sklearn.calibration.calibration_curve(strategy=...)``.
     """
     y = _in_unit_interval(_1d(y_true, "y_true"), "y_true")
     p = _in_unit_interval(_1d(y_prob, "y_prob"), "y_prob")
     _same_length(y_true=y, y_prob=p)
     bins = _check_bins(bins)
-    edges = np.linspace(0.0, 1.0, bins + 1)
+    if strategy == "uniform":
+        edges = np.linspace(0.0, 1.0, bins + 1)
+    elif strategy == "quantile":
+        edges = np.percentile(p, np.linspace(0.0, 100.0, bins + 1))
+    else:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     ids = np.searchsorted(edges[1:-1], p)
     return (
         np.bincount(ids, weights=p, minlength=bins),
@@ -207,25 +218,56 @@ def _bin_stats(y_true, y_prob, bins):
     )
 
 
-def ece(y_true, y_prob, bins: int = 10) -> float:
-    """Expected calibration error with ``bins`` equal-width bins on [0, 1].
+def ece(y_true, y_prob, bins: int = 10, strategy: str = "uniform") -> float:
+    """Expected calibration error over ``bins`` bins, equal-width (``strategy="uniform"``, on
+    [0, 1]) or equal-mass (``"quantile"``: about N/B rows each, Nixon et al. 2019's adaptive ECE).
 
         ECE = sum_b (n_b / N) * |mean(y in b) - mean(p in b)|
             = (1/N) * sum_b |sum(y in b) - sum(p in b)|
+
+    CTR scores crowd near 0, so equal-width bins put most rows in the first bin; the equal-mass
+    form resolves that region.
     """
-    p_sum, y_sum, counts = _bin_stats(y_true, y_prob, bins)
+    p_sum, y_sum, counts = _bin_stats(y_true, y_prob, bins, strategy)
     return float(np.abs(y_sum - p_sum).sum() / counts.sum())
 
 
-def calibration_curve_points(y_true, y_prob, bins: int = 10):
+def calibration_curve_points(y_true, y_prob, bins: int = 10, strategy: str = "uniform"):
     """Reliability-plot points for the non-empty bins of :func:`ece`.
 
     Returns ``(mean_pred, mean_true, counts)``: per bin, mean(p in b),
     mean(y in b) and n_b, ordered by bin.
     """
-    p_sum, y_sum, counts = _bin_stats(y_true, y_prob, bins)
+    p_sum, y_sum, counts = _bin_stats(y_true, y_prob, bins, strategy)
     nz = counts > 0
     return p_sum[nz] / counts[nz], y_sum[nz] / counts[nz], counts[nz]
+
+
+def calibration_slope_intercept(y_true, y_prob, eps: float = 1e-7) -> tuple[float, float]:
+    """Calibration slope and intercept (Cox 1958): the unpenalised logistic regression
+
+        logit P(y = 1) = intercept + slope * logit(p),     p clipped to [eps, 1 - eps]
+
+    fitted with scikit-learn. Calibrated scores give slope 1 and intercept 0; a slope below 1
+    means over-confident scores (too spread out), above 1 under-confident ones.
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    y = _binary_labels(_1d(y_true, "y_true"))
+    p = _in_unit_interval(_1d(y_prob, "y_prob"), "y_prob")
+    _same_length(y_true=y, y_prob=p)
+    if y.min() == y.max():
+        raise ValueError(f"calibration slope is undefined with a single class: all labels are {y[0]:g}")
+    p = np.clip(p, eps, 1.0 - eps)
+    x = (np.log(p) - np.log1p(-p)).reshape(-1, 1)
+    with warnings.catch_warnings():
+        # Separable labels have no finite maximum: lbfgs stops at a large slope, which is the answer.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fit = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(x, y)
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
 
 
 # --------------------------------------------------------------------------- #
@@ -338,23 +380,37 @@ def ndcg_at_k(relevant, ranked, k: int) -> float:
 # reports (JSON-serialisable dicts)
 # --------------------------------------------------------------------------- #
 def binary_report(y_true, y_prob, groups=None) -> dict:
-    """AUC, LogLoss, ECE, mean prediction/label and example count (+ GAUC).
+    """AUC, LogLoss, ECE (equal-width and equal-mass bins), calibration slope and intercept,
+    mean prediction/label and example count (+ GAUC).
 
-    Raises ``ValueError`` (from :func:`auc`) if ``y_true`` has a single class.
+    With a single class in ``y_true`` (a small test split, a rare event) AUC, GAUC and the
+    calibration slope are undefined: they are reported as None (null in metrics.json) with a
+    warning, and the rest of the report stands.
     """
     y = _binary_labels(_1d(y_true, "y_true"))
     p = _in_unit_interval(_1d(y_prob, "y_prob"), "y_prob")
     _same_length(y_true=y, y_prob=p)
+    single = y.size == 0 or y.min() == y.max()
+    if single:
+        import warnings
+
+        warnings.warn(f"AUC and the calibration slope are undefined on {y.size} rows with one class "
+                      f"(all labels {y[0]:g}): reported as null" if y.size else "no rows to evaluate: metrics are null",
+                      UserWarning, stacklevel=2)
     report = {
-        "auc": auc(y, p),
+        "auc": None if single else auc(y, p),
         "logloss": logloss(y, p),
         "ece": ece(y, p),
+        "ece_quantile": ece(y, p, strategy="quantile"),
         "mean_pred": float(p.mean()),
         "mean_label": float(y.mean()),
         "examples": int(y.size),
     }
+    report["calibration_slope"], report["calibration_intercept"] = (None, None) if single else \
+        calibration_slope_intercept(y, p)
     if groups is not None:
-        report["gauc"] = gauc(y, p, groups)
+        value = None if single else gauc(y, p, groups)
+        report["gauc"] = None if value is None or np.isnan(value) else value
     return report
 
 

@@ -32,3 +32,38 @@ def plot_curves(steps_jsonl: Path, png: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
+
+
+def plot_reliability(curves: dict, png: Path, title: str, bins: int = 10) -> None:
+    """Reliability diagram: mean label against mean score per bin, one line per entry of
+    `curves` ({label: (y, p)}, e.g. "raw" and "isotonic"), equal-width bins on the left and
+    equal-mass bins on the right (CTR scores crowd near 0, where equal-width bins see little);
+    the diagonal is perfect calibration, and each legend entry carries its ECE."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kzoo.metrics import calibration_curve_points, ece
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+    for ax, strategy in zip(axes, ("uniform", "quantile")):
+        top = 0.0
+        for label, (y, p) in curves.items():
+            mean_pred, mean_true, _ = calibration_curve_points(y, p, bins, strategy)
+            ax.plot(mean_pred, mean_true, "o-", markersize=4,
+                    label=f"{label} (ECE {ece(y, p, bins, strategy):.4f})")
+            top = max(top, float(mean_pred.max()), float(mean_true.max()))
+        top = min(1.0, top * 1.05 + 1e-3)
+        ax.plot([0, top], [0, top], ":", color="gray", label="perfectly calibrated")
+        ax.set_xlim(0, top)
+        ax.set_ylim(0, top)
+        ax.set_xlabel("mean score in bin")
+        ax.set_ylabel("fraction of positives in bin")
+        ax.set_title(f"{bins} {'equal-width' if strategy == 'uniform' else 'equal-mass'} bins")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{title}: reliability")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)

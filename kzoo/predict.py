@@ -20,17 +20,22 @@ from kzoo.errors import DataError
 
 
 def predict_frame(model, spec, pre, frame, batch_size: int = 4096, tasks: list[str] | None = None,
-                  serving=None) -> dict[str, np.ndarray]:
+                  serving=None, calibration: dict | None = None) -> dict[str, np.ndarray]:
     """{task: served output} (probabilities, values) of a trained model on a conformed frame.
 
     Goes through the serving graph (kzoo.graph.serving_model), the one the export serves.
-    `tasks` defaults to every task of the spec; `serving` reuses a serving model already made.
+    `tasks` defaults to every task of the spec; `serving` reuses a serving model already made;
+    `calibration` (a run's calibration.json, kzoo.calibration) ends calibrated tasks in their calibrator.
     """
     from kzoo.graph import serving_model
     from kzoo.pipeline import make_dataset
 
     if serving is None:
         serving, _ = serving_model(spec, model, tasks or [t["name"] for t in spec.tasks])
+    if calibration:
+        from kzoo.calibration import calibrated
+
+        serving = calibrated(serving, calibration)
     used = list(serving.input.keys()) if isinstance(serving.input, dict) else [serving.input.name]
     ds = make_dataset(frame, spec, pre, batch_size, with_labels=False).map(lambda x: {n: x[n] for n in used})
     out = serving.predict(ds, verbose=0)
@@ -68,7 +73,10 @@ def predict(target, data, keep: list[str] | None = None) -> pd.DataFrame:
         raw, dataset = kdata.load(data)
         spec = on_dataset(run.spec(), dataset)
         frame = kdata.conform(raw, spec.dataset, require_label=False)
-        frame = pd.DataFrame(predict_frame(run.model(), spec, run.preprocessor(), frame))
+        from kzoo.calibration import load as load_calibration
+
+        frame = pd.DataFrame(predict_frame(run.model(), spec, run.preprocessor(), frame,
+                                           calibration=load_calibration(run.path)))
     return _with_keys(raw, frame, keep or [])
 
 

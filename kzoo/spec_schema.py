@@ -34,6 +34,8 @@ def schema() -> dict:
     return out
 
 
+MAX_BLOCK_INT = 65536
+
 _JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string",
                "list": "array", "tuple": "array", "dict": "object", "None": "null"}
 
@@ -64,6 +66,14 @@ def _block_args_rule(type_name: str, cls) -> dict:
         t = _json_type(arg["type"])
         if t is not None:
             prop["type"] = t
+            # Widths, counts and sizes: a bound far above any real layer, so that a typo (1e9
+            # units) is a spec error rather than an allocation that takes the machine down.
+            if "integer" in (t if isinstance(t, list) else [t]):
+                prop["maximum"] = MAX_BLOCK_INT
+            if "array" in (t if isinstance(t, list) else [t]):
+                prop["items"] = {"maximum": MAX_BLOCK_INT}
+            if "object" in (t if isinstance(t, list) else [t]):  # e.g. MTMD's {task: embedding size}
+                prop["additionalProperties"] = {"maximum": MAX_BLOCK_INT}
         if "default" in arg:
             try:
                 json.dumps(arg["default"], allow_nan=False)

@@ -12,6 +12,7 @@ in kzoo.rundir, metrics on held-out data in kzoo.evaluate, plots in kzoo.plots.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import time
@@ -81,6 +82,30 @@ class StepLogger(keras.callbacks.Callback):
             f.write(json.dumps(row) + "\n")
 
 
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raise TrainingDiverged at the first batch whose loss is NaN or infinite, naming the epoch and
+    step (Keras' TerminateOnNaN only stops quietly, leaving a run that looks finished). The last
+    finished epoch's backup stays, so a re-run after a fix resumes from it."""
+
+    def __init__(self, learning_rate=None):
+        super().__init__()
+        self.epoch, self.learning_rate = 0, learning_rate
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            from kzoo.errors import TrainingDiverged
+
+            rate = f" (learning rate {self.learning_rate})" if self.learning_rate is not None else ""
+            raise TrainingDiverged(
+                f"training diverged: the loss is {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}; "
+                f"lower train.optimizer.learning_rate{rate}, or look for extreme values in the data "
+                "(numeric features are normalised with statistics of the training split)")
+
+
 class _FailAfterEpoch(keras.callbacks.Callback):
     """Test hook: raise after epoch N (1-based), as a crash would, to exercise resumption."""
 
@@ -108,6 +133,8 @@ def train(spec, data="synthetic", out=None, *, epochs=None, batch_size=None, see
     run = RunDir(out or Path("runs") / spec.name)
     out = run.path
     resuming = run.start(overwrite=overwrite)
+    if not resuming:  # a calibration fitted to an earlier model of this run dir must not outlive it
+        (out / "calibration.json").unlink(missing_ok=True)
 
     start = time.time()
     keras.utils.set_random_seed(seed)
@@ -125,9 +152,11 @@ def train(spec, data="synthetic", out=None, *, epochs=None, batch_size=None, see
     val_ds = prepared.validation if len(val_df) else None
     model = balance(compile(build(spec, stats), spec), spec)  # wrapped when `train.balancing` is not static
 
+    optimizer = spec.train.get("optimizer")
     callbacks = [keras.callbacks.BackupAndRestore(str(run.backup)),
                  keras.callbacks.CSVLogger(str(out / "history.csv"), append=resuming),
-                 StepLogger(out / "steps.jsonl", every=max(1, len(train_df) // batch_size // 20), append=resuming)]
+                 StepLogger(out / "steps.jsonl", every=max(1, len(train_df) // batch_size // 20), append=resuming),
+                 StopOnNonFiniteLoss(optimizer.get("learning_rate") if isinstance(optimizer, dict) else None)]
     stop = spec.train.get("early_stopping")
     if stop is not None and val_ds is not None:
         callbacks.append(keras.callbacks.EarlyStopping(
@@ -147,7 +176,7 @@ def train(spec, data="synthetic", out=None, *, epochs=None, batch_size=None, see
     model.save(out / "model.keras")
     for task in prepared.tasks:
         task.save(out)
-    result = evaluate_frame(model, spec, pre, test_df, batch_size, prepared.tasks)
+    result = evaluate_frame(model, spec, pre, test_df, batch_size, prepared.tasks, reliability_dir=out)
     result["seconds"] = round(time.time() - start, 2)
     result["params"] = int(model.count_params())
     # Wall time of this process's fit() (first-step compilation included; validation included).
@@ -160,4 +189,11 @@ def train(spec, data="synthetic", out=None, *, epochs=None, batch_size=None, see
     run.write_metrics(result)
     plot_curves(out / "steps.jsonl", out / "curves.png", spec.name)
     shutil.rmtree(run.backup, ignore_errors=True)
+    if spec.raw.get("calibration"):  # fitted on the validation split; metrics.json then reports calibrated scores
+        from kzoo.calibration import calibrate
+
+        calibration = spec.raw["calibration"]
+        calibrate(run, calibration["method"], calibration.get("tasks"), frames=(val_df, test_df), spec=spec,
+                  model=model, pre=pre)
+        result = run.metrics()
     return result

@@ -290,7 +290,8 @@ def test_binary_report(binary_data):
     y, p = binary_data
     groups = np.arange(y.size) % 7
     rep = M.binary_report(y, p, groups=groups)
-    assert set(rep) == {"auc", "logloss", "ece", "mean_pred", "mean_label", "examples", "gauc"}
+    assert set(rep) == {"auc", "logloss", "ece", "ece_quantile", "calibration_slope", "calibration_intercept",
+                        "mean_pred", "mean_label", "examples", "gauc"}
     assert rep["auc"] == pytest.approx(roc_auc_score(y, p))
     assert rep["logloss"] == pytest.approx(log_loss(y, p))
     assert rep["mean_pred"] == pytest.approx(p.mean())

@@ -131,3 +131,30 @@ def test_a_ref_outside_the_specs_folder_is_refused(tmp_path, ref):
     (folder / "criteo.json").write_text(outside.read_text())
     (folder / "spec.json").write_text(json.dumps(raw))
     assert kzoo.load_spec(folder / "spec.json").dataset["name"] == "criteo"
+
+
+def test_a_test_split_with_one_class_reports_null_auc_and_keeps_the_run(frame, tmp_path):
+    rare = frame.assign(label=0.0)
+    rare.loc[[3, 50], "label"] = 1.0  # positives only in the training split (the split is seeded)
+    with pytest.warns(UserWarning, match=r"AUC and the calibration slope are undefined on \d+ rows with one class"):
+        metrics = kzoo.train("lr", rare, tmp_path / "run", epochs=1, verbose=0)
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert report["ctr"]["auc"] is None and report["ctr"]["calibration_slope"] is None
+    assert report["ctr"]["mean_label"] == 0.0 and report["ctr"]["logloss"] == pytest.approx(metrics["ctr"]["logloss"])
+    assert (tmp_path / "run" / "model.keras").is_file()
+
+
+def test_sizes_that_cannot_be_allocated_are_spec_errors_not_allocations():
+    raw = json.loads(kzoo.load_spec("dcn_v2").to_json())
+    mlp = next(i for i, b in enumerate(raw["blocks"]) if b["type"] == "MLP")
+    wide = json.loads(json.dumps(raw))
+    wide["blocks"][mlp]["args"]["units"] = [256, 10**9]
+    with pytest.raises(SpecError, match=rf"blocks\[{mlp}\].args.units\[1\]: .*65536"):
+        kzoo.build(kzoo.load_spec(wide))
+    emb = next(i for i, b in enumerate(raw["blocks"]) if b["type"] == "FeatureEmbedding")
+    feature = next(f for f in raw["features"]["features"] if f["type"] == "categorical")
+    feature.pop("vocab", None)
+    feature["hash_buckets"] = 10**12
+    with pytest.raises(SpecError, match=rf"blocks\[{emb}\].args: FeatureEmbedding '\w+': its tables would hold "
+                                        r"1,000,000,[\d,]+ rows x 16 = .* GiB, more than this machine.s"):
+        kzoo.build(kzoo.load_spec(raw))
