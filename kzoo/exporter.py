@@ -56,14 +56,92 @@ def warmup_data(run: RunDir, spec) -> Warmup:
     return Warmup(frame.iloc[:max(WARMUP_BATCHES)].reset_index(drop=True), f"validation split of {data}")
 
 
+RESERVED = ".reserved-"  # BASE/.reserved-V/pid: version V is being written by process pid
+
+
 def next_version(base: Path) -> int:
+    """One above every version of BASE and every version another live export has reserved there."""
     from kzoo.serving.client import version_dirs  # one rule for what counts as a version, as TF Serving's
 
-    return max((int(p.name) for p in version_dirs(base)), default=0) + 1
+    taken = [int(p.name) for p in version_dirs(base)]
+    taken += [int(p.name[len(RESERVED):]) for p in _reservations(base)]
+    return max(taken, default=0) + 1
 
 
-def export(run, base, version: int | None = None) -> Path:
-    """Write RUN's model to BASE/VERSION (next free version by default); returns that path."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reservations(base: Path) -> list[Path]:
+    """BASE's live reservations; those of a killed export (its pid gone) are removed, with its
+    half-written .tmp folders."""
+    live = []
+    for p in sorted(base.glob(RESERVED + "*")) if base.is_dir() else []:
+        pid = (p / "pid").read_text().strip() if (p / "pid").is_file() else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.name[len(RESERVED):].isdigit():
+            live.append(p)
+    for tmp in base.glob(".tmp-*-*") if base.is_dir() else []:
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return live
+
+
+def reserve(bases: list[Path], version: int | None = None) -> int:
+    """Claim one version number in every base: `mkdir BASE/.reserved-V` is atomic, so two exports
+    racing to a base get different versions (TF Serving ignores the non-numeric folder). With
+    `version` given, that number or a FileExistsError."""
+    v = int(version) if version is not None else max(next_version(b) for b in bases)
+    while True:
+        made = []
+        try:
+            for b in bases:
+                b.mkdir(parents=True, exist_ok=True)
+                if (b / str(v)).exists():
+                    raise FileExistsError(b / str(v))
+                (b / f"{RESERVED}{v}").mkdir()
+                made.append(b)
+                (b / f"{RESERVED}{v}" / "pid").write_text(str(os.getpid()))
+            return v
+        except FileExistsError:
+            for b in made:
+                shutil.rmtree(b / f"{RESERVED}{v}", ignore_errors=True)
+            if version is not None:
+                raise FileExistsError(f"{bases[0] / str(v)} exists or another export is writing it; TF Serving "
+                                      "versions are immutable: pick another --version") from None
+            v = max(v + 1, max(next_version(b) for b in bases))
+
+
+def _die_with_parent() -> None:
+    """In the TensorFlow-backend child: a killed `kzoo export` takes its child with it (Linux), so no
+    orphan publishes a version after its parent is gone."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def release(bases: list[Path], version: int) -> None:
+    for b in bases:
+        shutil.rmtree(b / f"{RESERVED}{version}", ignore_errors=True)
+
+
+def export(run, base, version: int | None = None, _reserved: bool = False) -> Path:
+    """Write RUN's model to BASE/VERSION (next free version by default); returns that path.
+
+    Safe to run several at once on one base (each gets its own version) and to kill at any point
+    (no numeric folder appears until the version is complete; the next export cleans up)."""
     import keras
 
     run, base = Path(run), Path(base)
@@ -73,20 +151,21 @@ def export(run, base, version: int | None = None) -> Path:
         from kzoo.retrieval_export import tower_base
 
         bases += [tower_base(base, "query"), tower_base(base, "item")]  # one version number for all three
-    version = int(version) if version is not None else max(next_version(b) for b in bases)
-    final = base / str(version)
-    for b in bases:
-        if (b / str(version)).exists():
-            raise FileExistsError(f"{b / str(version)} exists; TF Serving versions are immutable: pick another --version")
-    if keras.backend.backend() != "tensorflow":
-        # The .keras file is backend-agnostic; TensorFlow builds a plain-TF serving graph.
-        env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
-        cmd = [sys.executable, "-m", "kzoo.exporter", str(run), str(base), str(version)]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"export in a TensorFlow-backend process failed:\n{done.stderr[-4000:]}")
-        return final
-    return _export_tf(run, base, version)
+    if _reserved:  # the parent process (a JAX or torch run) reserved it
+        return _export_tf(run, base, int(version))
+    version = reserve(bases, version)
+    try:
+        if keras.backend.backend() != "tensorflow":
+            # The .keras file is backend-agnostic; TensorFlow builds a plain-TF serving graph.
+            env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+            cmd = [sys.executable, "-m", "kzoo.exporter", str(run), str(base), str(version)]
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=_die_with_parent)
+            if done.returncode != 0:
+                raise RuntimeError(f"export in a TensorFlow-backend process failed:\n{done.stderr[-4000:]}")
+            return base / str(version)
+        return _export_tf(run, base, version)
+    finally:
+        release(bases, version)
 
 
 def _export_tf(run: Path, base: Path, version: int) -> Path:
@@ -244,7 +323,7 @@ def _main(argv: list[str]) -> int:
 
     _quiet.import_tensorflow()
     run, base, version = argv
-    print(export(run, base, int(version)))
+    print(export(run, base, int(version), _reserved=True))
     return 0
 
 

@@ -158,3 +158,58 @@ def test_sizes_that_cannot_be_allocated_are_spec_errors_not_allocations():
     with pytest.raises(SpecError, match=rf"blocks\[{emb}\].args: FeatureEmbedding '\w+': its tables would hold "
                                         r"1,000,000,[\d,]+ rows x 16 = .* GiB, more than this machine.s"):
         kzoo.build(kzoo.load_spec(raw))
+
+
+# ------------------------------------------------------------------------------------ export faults
+
+def _export_cli(run, base):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "kzoo.cli", "export", str(run), "--out", str(base)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+@pytest.fixture(scope="module")
+def lr_run(frame, tmp_path_factory):
+    run = tmp_path_factory.mktemp("lr") / "run"
+    kzoo.train("lr", frame, run, epochs=1, verbose=0)
+    return run
+
+
+def test_two_exports_racing_to_one_base_get_distinct_whole_versions(lr_run, tmp_path):
+    from tests.tf_only import serve_fresh_many
+
+    base = tmp_path / "exports" / "lr"
+    racers = [_export_cli(lr_run, base) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in racers]
+    assert [p.returncode for p in racers] == [0, 0], outs
+    assert sorted(p.name for p in base.iterdir()) == ["1", "2"]  # no reservation or temporary folder left
+    rows = kdata.conform(kdata.synthetic(8, seed=9), kdata.bundled_dataset("criteo"))
+    one, two = serve_fresh_many([base / "1", base / "2"], rows, tmp_path)
+    expected = kzoo.predict(lr_run, rows)["ctr"].to_numpy()
+    np.testing.assert_allclose(one["outputs"]["ctr"], expected, atol=1e-5)
+    np.testing.assert_allclose(two["outputs"]["ctr"], expected, atol=1e-5)
+
+
+def test_an_export_killed_midway_leaves_no_version_and_the_next_one_succeeds(lr_run, tmp_path):
+    import signal
+    import time
+
+    base = tmp_path / "exports" / "lr"
+    victim = _export_cli(lr_run, base)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(base.glob(".tmp-*")):
+        time.sleep(0.005)
+    assert any(base.glob(".tmp-*")), "the export never started writing"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not [p for p in base.iterdir() if p.name.isdigit()]  # nothing TF Serving would load
+    again = _export_cli(lr_run, base)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    # The killed export's reservation and half-written folder are cleaned up; its number is reused.
+    assert sorted(p.name for p in base.iterdir()) == ["1"]
+    assert (base / "1" / "saved_model.pb").is_file()
