@@ -316,7 +316,7 @@ def main(argv=None) -> int:
     # kzoo's own warnings (a metric left null, ...) in one line, without the source line under them.
     default_format = warnings.formatwarning
     warnings.formatwarning = lambda message, category, filename, *rest, **kw: (
-        f"kzoo: warning: {message}\n" if "kzoo" in Path(filename).parts or "/kzoo/" in filename
+        f"kzoo: warning: {message}\n" if "kzoo" in Path(filename).parts
         else default_format(message, category, filename, *rest, **kw))
 
     if args.command in ("train", "evaluate", "export", "predict", "diagnose", "calibrate", "compress",

@@ -163,15 +163,12 @@ def table(report: dict) -> str:
 
 
 def plot(report: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from kzoo.plots import pyplot, save_figure
 
     panels = [b for b in report["gates"]] + (["gradients"] if "gradients" in report else [])
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         if panel == "gradients":
             names = list(report["gradients"]["norms"])
@@ -200,7 +197,4 @@ def plot(report: dict, png: Path) -> None:
                     dark = v < 0.6 * np.nanmax(m)
                     ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if dark else "k")
         fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle(f"kzoo diagnose: {len(report['flags'])} flag(s)")
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    save_figure(fig, png, f"kzoo diagnose: {len(report['flags'])} flag(s)")

@@ -20,9 +20,9 @@ from functools import partial
 from pathlib import Path
 
 from kzoo.rundir import RunDir
+from kzoo.serving.check import WARMUP_ROWS_FILE  # the warmup rows as JSON columns, and the run's predictions
 
 WARMUP_FILE = "tf_serving_warmup_requests"
-WARMUP_ROWS_FILE = "kzoo_warmup.json"  # the warmup rows as JSON columns, and the run's predictions for them
 # One warmup request per batch size: a graph runs once per new input shape before it is fast, and
 # these are the sizes a deployment sees most (one user; a small page; a ranking candidate batch).
 WARMUP_BATCHES = (1, 8, 64)
@@ -282,12 +282,10 @@ def write_warmup(export_dir: Path, pre, warmup: Warmup | None = None) -> dict:
     batch size in WARMUP_BATCHES (the first B rows; capped at the rows there are). With real rows,
     assets.extra/kzoo_warmup.json keeps them as columns plus the run's predictions for them, so
     `kzoo serve-check` can test the export without the run or its data. Returns kzoo.json's "warmup"."""
-    import math
-
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
-    from kzoo.serving.requests import columns, grpc_request, placeholder_rows
+    from kzoo.serving.requests import columns, grpc_request, json_values, placeholder_rows
 
     signature = pre.signature()
     extra = export_dir / "assets.extra"
@@ -306,13 +304,10 @@ def write_warmup(export_dir: Path, pre, warmup: Warmup | None = None) -> dict:
             log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
     if "file" in info:
-        def plain(values):  # strict JSON: a missing numeric (NaN) is written as null
-            return [None if isinstance(v, float) and math.isnan(v) else v for v in values.tolist()]
-
         (extra / WARMUP_ROWS_FILE).write_text(json.dumps({
             "source": warmup.source, "batch_sizes": info["batch_sizes"],
-            "inputs": {k: plain(v) for k, v in cols.items()},
-            "expected": {k: plain(v) for k, v in (warmup.expected or {}).items()}}))
+            "inputs": {k: json_values(v) for k, v in cols.items()},
+            "expected": {k: json_values(v) for k, v in (warmup.expected or {}).items()}}))
     return info
 
 

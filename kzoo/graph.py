@@ -205,10 +205,10 @@ def walk(spec, stats: dict | None = None, model: keras.Model | None = None, task
                 group = refs[0][len(GROUP):]
                 read.update(spec.groups[group])
                 x = {n: inputs[n] for n in spec.groups[group]}
+                features = feature_descriptions(spec, stats, group)
                 if cls.holds_tables and not serving:
-                    _check_table_memory(b, index[name], feature_descriptions(spec, stats, group), spec.source)
-                make = lambda: cls(features=feature_descriptions(spec, stats, group), name=name,  # noqa: E731
-                                   **_block_args(spec, b, cls))
+                    _check_table_memory(b, index[name], features, spec.source)
+                make = lambda: cls(features=features, name=name, **_block_args(spec, b, cls))  # noqa: E731
             else:
                 xs = [tensor(r) for r in refs]
                 x = xs[0] if len(xs) == 1 else xs

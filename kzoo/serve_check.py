@@ -8,16 +8,10 @@ kzoo.serving so that the serving modules never import kzoo's data or model code.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-import numpy as np
-
 from kzoo.serving.check import WARMUP_ROWS_FILE, CheckError, resolve_export, run_checks
-
-
-def _plain(values) -> list:
-    return [None if isinstance(v, float) and math.isnan(v) else v for v in np.asarray(values).tolist()]
+from kzoo.serving.requests import json_values
 
 
 def reference(version: Path, run=None, data=None, rows: int = 64) -> dict:
@@ -33,7 +27,7 @@ def reference(version: Path, run=None, data=None, rows: int = 64) -> dict:
 
         raw = kdata.load(data)[0].head(rows).reset_index(drop=True)
         frame = kdata.conform(raw, meta["dataset"], require_label=False)
-        inputs = {k: _plain(v) for k, v in columns(frame, meta["inputs"]).items()}
+        inputs = {k: json_values(v) for k, v in columns(frame, meta["inputs"]).items()}
         source = f"first {len(raw)} rows of {data}"
     elif recorded is not None:
         inputs, source = recorded["inputs"], recorded["source"]
@@ -56,7 +50,7 @@ def reference(version: Path, run=None, data=None, rows: int = 64) -> dict:
             if feature["name"] not in frame.columns:
                 frame[feature["name"]] = None
         frame = predict(run, frame)
-        return {"inputs": inputs, "expected": {k: _plain(frame[k]) for k in frame.columns},
+        return {"inputs": inputs, "expected": {k: json_values(frame[k]) for k in frame.columns},
                 "source": source, "reference": f"kzoo.predict({run}) now"}
     expected = (recorded or {}).get("expected") or {}
     return {"inputs": inputs, "expected": expected, "source": source,

@@ -33,8 +33,7 @@ from pathlib import Path
 import numpy as np
 
 TOLERANCE = 1e-5  # |served - reference| <= TOLERANCE * (1 + |reference|), per value
-WARMUP_FILE = "tf_serving_warmup_requests"
-WARMUP_ROWS_FILE = "kzoo_warmup.json"
+WARMUP_ROWS_FILE = "kzoo_warmup.json"  # written by kzoo.exporter: the warmup rows and the run's predictions
 # Modules whose presence in the serving process would mean it depends on kzoo's model code.
 MODEL_CODE = ("kzoo.graph", "kzoo.blocks", "kzoo.features", "kzoo.trainer", "kzoo.predict")
 
@@ -147,7 +146,7 @@ def _child(version: str, case_file: str, result_file: str) -> int:
     from tensorflow_serving.apis import prediction_log_pb2
 
     from kzoo.serving.client import GrpcClient, RestClient
-    from kzoo.serving.testing_server import serve
+    from kzoo.serving.testing_server import WARMUP_FILE, serve
 
     version = Path(version)
     case = json.loads(Path(case_file).read_text())

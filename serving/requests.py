@@ -7,6 +7,8 @@ input, and JSON numbers carry no dtype, so every value is cast to what the Saved
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from kzoo.columns import raw_column
@@ -42,6 +44,11 @@ def columns(rows, signature: dict) -> dict[str, np.ndarray]:
             raise ValueError(f"input '{name}' is missing; the model takes {sorted(signature)}")
         out[name] = raw_column(rows[name], _dtype_name(spec), name)
     return out
+
+
+def json_values(values) -> list:
+    """A column as strict-JSON values: a missing numeric (NaN) becomes null (kzoo_warmup.json, serve-check)."""
+    return [None if isinstance(v, float) and math.isnan(v) else v for v in np.asarray(values).tolist()]
 
 
 def placeholder_rows(signature: dict, n: int) -> dict[str, np.ndarray]:
