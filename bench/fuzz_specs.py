@@ -3,11 +3,13 @@ builds or is refused with a SpecError naming JSON paths, never another exception
 kzoo, Keras, JAX or TensorFlow.
 
     python bench/fuzz_specs.py --cases 1000          # prints the count and the distinct error paths
-    python bench/fuzz_specs.py --cases 1000 --out bench/out/fuzz_specs.json
+    python bench/fuzz_specs.py --cases 900 --graphs 100 --out bench/out/fuzz_specs.json
 
 Mutations: drop / rename / retype a key anywhere in the spec, wrong JSON types, out-of-range and
 huge numbers, unicode names, a dangling or cyclic block input, an unknown block argument.
-tests/test_fuzz.py runs a fixed-seed few hundred of the same cases.
+Valid graphs (`--graphs`, bench/fuzz_graphs.py): random block graphs drawn from the registry, each
+built, compiled and trained one step on a tiny random batch, or refused with a SpecError (counted
+apart). tests/test_fuzz.py runs a fixed-seed few of both.
 """
 
 from __future__ import annotations
@@ -142,11 +144,44 @@ def run(cases: int, seed: int = 0) -> dict:
             "mutations": dict(kinds), "distinct_error_paths": len(paths), "error_paths": dict(paths.most_common())}
 
 
+def run_graphs(cases: int, seed: int | None = None) -> dict:
+    """`cases` random valid graphs (bench/fuzz_graphs.py): how many built and stepped, how many the spec
+    checker refused (and where), and the block types drawn. Any other exception propagates.
+    Derandomized by default; `seed` draws another fixed sequence (after the first, smallest graph)."""
+    import hypothesis
+    from fuzz_graphs import check_graph, valid_graphs
+
+    counts: Counter = Counter()
+    paths: Counter = Counter()
+    types: Counter = Counter()
+
+    @hypothesis.seed(seed or 0)
+    @settings(max_examples=cases, deadline=None, database=None, derandomize=seed is None,
+              suppress_health_check=list(HealthCheck))
+    @given(spec=valid_graphs())
+    def one(spec):
+        found = check_graph(spec)
+        counts["stepped" if found == "stepped" else "refused"] += 1
+        types.update(b["type"] for b in spec["blocks"])
+        for p in [] if found == "stepped" else found:
+            paths[generic(p)] += 1
+
+    one()
+    return {"cases": sum(counts.values()), "built_and_stepped": counts["stepped"], "refused": counts["refused"],
+            "refused_paths": dict(paths.most_common()), "block_types": dict(types.most_common()),
+            "block_types_drawn": len(types)}
+
+
 def main(argv=None) -> int:
+    import os
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", type=int, default=1000)
+    ap.add_argument("--cases", type=int, default=1000, help="mutated zoo specs")
+    ap.add_argument("--graphs", type=int, default=0, help="random valid graphs, each trained one step")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    import keras
+
     start = time.time()
     result = run(args.cases)
     result["seconds"] = round(time.time() - start, 1)
@@ -154,6 +189,13 @@ def main(argv=None) -> int:
     print("error paths (grouped):")
     for path, n in result["error_paths"].items():
         print(f"  {n:5d}  {path}")
+    if args.graphs:
+        start = time.time()
+        result["graphs"] = run_graphs(args.graphs)
+        result["graphs"]["seconds"] = round(time.time() - start, 1)
+        print("valid graphs:", json.dumps(result["graphs"], indent=1))
+    result.update(backend=keras.backend.backend(), loadavg=[round(x, 2) for x in os.getloadavg()],
+                  total_cases=result["cases"] + result.get("graphs", {}).get("cases", 0))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
     return 0
@@ -161,4 +203,5 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO / "bench"))
     sys.exit(main())

@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from kzoo.blocks.activations import Dice
-from kzoo.blocks.backend import gather_rows
+from kzoo.blocks.backend import fill_normal, gather_rows
 from kzoo.blocks.base import Block, as_list, check_fraction, check_positive_int, flat_width, flatten_2d, shape_list
 from kzoo.blocks.registry import register_block
 
@@ -31,6 +31,7 @@ def _tables(features: list[dict]) -> dict[str, int]:
 
 
 LIST_KINDS = ("sequence", "tags")  # (batch, max_len) ids, -1 at padded positions
+LARGE_TABLE = 1 << 25  # floats (128 MB): from here FeatureEmbedding fills its table block by block
 
 
 def _check_features(features) -> None:
@@ -139,8 +140,13 @@ class FeatureEmbedding(Block):
         if self.total_rows and self.quantization_mode == "int8":
             self._int8_build()  # a reloaded int8 model: its stored int8 rows and scales load into these
         else:
+            # A large table is filled in place a block of rows at a time (kzoo.blocks.backend.fill_normal):
+            # Keras' RandomNormal would hold 3-4 table-sized temporaries.
+            large = self.total_rows * self.dim >= LARGE_TABLE
             self.embeddings = (self.add_weight(name="embeddings", shape=(self.total_rows, self.dim),
-                                               initializer=init) if self.total_rows else None)
+                                               initializer="zeros" if large else init) if self.total_rows else None)
+            if large:
+                fill_normal(self.embeddings, self.initializer_scale, int(keras.random.randint((), 0, 2 ** 30)))
         self.numeric_kernel = (self.add_weight(name="numeric_kernel", shape=(len(self.numeric), self.dim),
                                                initializer=init) if self.numeric else None)
         self.built = True
@@ -153,8 +159,14 @@ class FeatureEmbedding(Block):
         start = self.offsets[name]
         return self._rows(ops.arange(start, start + _tables(self.features)[name], dtype="int32"))
 
+    # kzoo.sparse's JAX train step sets this to a function of `ids` for one step: the batch's rows are
+    # then read from the touched rows it gathered (and differentiates) instead of the whole table.
+    _row_source = None
+
     def _rows(self, ids):
         """Table rows `ids` (any shape) -> (..., dim) floats; an int8 table is dequantized per row."""
+        if self._row_source is not None:
+            return self._row_source(ids)
         if self.quantization_mode != "int8":
             return gather_rows(self.embeddings, ids)
         rows = ops.cast(ops.take(self.embeddings, ids, axis=0), self.compute_dtype)

@@ -66,7 +66,8 @@ def cmd_train(args) -> int:
 
     out = Path(args.out or Path("runs") / Path(args.spec).stem)
     metrics = train(args.spec, args.data, out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, distribute=args.distribute, mesh=args.mesh,
+                    virtual_devices=args.virtual_devices)
     _print_metrics(metrics)
     print(f"run: {out}  (model.keras, metrics.json, history.csv, curves.png)")
     if args.export:
@@ -230,6 +231,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="run dir (default runs/<spec name>); re-running resumes an interrupted run")
     s.add_argument("--overwrite", action="store_true", help="train again into a run dir that holds a finished run")
     s.add_argument("--export", metavar="BASE", help="also export the trained model under BASE/<next version>")
+    s.add_argument("--distribute", choices=["data", "model"], help="train on every visible device: data = "
+                   "replicated model, each batch split; model = embedding tables sharded (JAX); --batch-size is the "
+                   "global batch (docs/scaling.md)")
+    s.add_argument("--mesh", metavar="DxM", help="with --distribute model: D data-parallel replicas x M devices "
+                   "sharding the tables (default 1xALL)")
+    s.add_argument("--virtual-devices", type=int, metavar="N", help="split the CPU into N devices (to try "
+                   "--distribute without accelerators; also $KZOO_VIRTUAL_DEVICES)")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("evaluate", help="metrics of a run (its test split, or all rows of --data)")

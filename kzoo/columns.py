@@ -130,6 +130,16 @@ def to_ids(column: pd.Series, name: str, dtype: str = "int64") -> np.ndarray:
     return numbers.fillna(-1).to_numpy().astype(_NP[dtype])
 
 
+def _utf8(value, name: str, i: int):
+    """Bytes as the text they encode; bytes that are not UTF-8 are a DataError naming the row."""
+    if not isinstance(value, bytes):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"column {name!r}, row {i + 1}: {value[:40]!r} is not UTF-8 text") from None
+
+
 def raw_column(column, dtype: str, name: str) -> np.ndarray:
     """`column` (a Series or array-like) as the NumPy array a `dtype` input takes."""
     if dtype not in _NP:
@@ -141,10 +151,12 @@ def raw_column(column, dtype: str, name: str) -> np.ndarray:
         array = np.asarray(column).reshape(-1)
     if array.dtype.kind in ("iub" if dtype.startswith("int") else "fiub" if dtype != "string" else "U"):
         return array.astype(_NP[dtype])  # nothing is missing in these: a plain cast
+    if dtype == "string" and array.dtype == object and pd.api.types.infer_dtype(array, skipna=False) == "string":
+        return array  # already str (a conformed column): nothing to convert
     values = column if isinstance(column, pd.Series) else pd.Series(array.tolist(), dtype=object)
     values = values.reset_index(drop=True)
     if dtype == "string":
-        return to_text(values.map(lambda v: v.decode() if isinstance(v, bytes) else v))
+        return to_text(pd.Series([_utf8(v, name, i) for i, v in enumerate(values)], dtype=object))
     if dtype.startswith("float"):
         return to_float(values, name, missing_ok=True).astype(_NP[dtype])
     return to_ids(values, name, dtype)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kzoo.columns import SEP, item_counts, to_float, to_sequence, to_text  # noqa: F401  (re-exported)
+from kzoo.columns import SEP, item_counts, to_float, to_ids, to_sequence, to_text  # noqa: F401  (re-exported)
 from kzoo.features import LIST_TYPES
 from kzoo.errors import DataError
 from kzoo.loaders_multitask import (  # noqa: F401  (re-exported)
@@ -136,10 +136,30 @@ def _read_text(path, sep: str, header="infer") -> pd.DataFrame:
         raise DataError(f"data file not found: '{path}'") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty (no header row, no data)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:
+        raise DataError(_not_utf8(path, sep, header is not None)) from None
+    except pd.errors.ParserError as e:
         raise DataError(f"{path}: {e}".strip()) from None
     _check_row_lengths(path, sep, quoting, frame, header is not None)
     return frame
+
+
+def _not_utf8(path, sep: str, has_header: bool) -> str:
+    """Where a text file stops being UTF-8: the row (1-based, the header not counted) and the column."""
+    names = None
+    with pd.io.common.get_handle(path, "rb", compression="infer", is_text=False) as handle:
+        for line_no, line in enumerate(handle.handle):
+            if line_no == 0 and has_header:
+                names = line.decode("utf-8", errors="replace").rstrip("\r\n").split(sep)
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                field = line[:e.start].decode("utf-8", errors="replace").count(sep)
+                row = "the header" if has_header and line_no == 0 else f"row {line_no + (0 if has_header else 1)}"
+                column = f"column {names[field]!r}" if line_no and names and field < len(names) else f"field {field + 1}"
+                return (f"{path}, {row}, {column}: {line[e.start:e.end + 3]!r} is not UTF-8; "
+                        "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)")
+    return f"{path}: not UTF-8 text; save the file as UTF-8"
 
 
 def _check_row_lengths(path, sep: str, quoting: int, frame: pd.DataFrame, has_header: bool) -> None:
@@ -245,11 +265,44 @@ def _load_argument(text: str, negatives: int = 1, seed: int = 0) -> tuple[pd.Dat
         form = f"{text}:CORR[:ROWS]" if text == "mmoe_synthetic" else f"{text}:PATH"
         raise DataError(f"--data {text!r}: the {text} loader needs its argument, as {form}")
     path = Path(text)
+    if shard_paths(text) is not None:
+        raise DataError(f"--data {text!r} is a folder or glob of shards, which streams: `kzoo train` (kzoo.prepare) "
+                        "reads it chunk by chunk (docs/scaling.md, Streaming data); other commands take one file")
     if _suffix(path) not in TABLE_SUFFIXES:
         hint = _did_you_mean(text, LOADERS)
         raise DataError(f"--data {text!r}: not a loader ({', '.join(LOADERS)}){hint} "
                         f"and not a {'/'.join(TABLE_SUFFIXES)} file")
     return read_table(_resolve(text)), None
+
+
+def shard_paths(text: str) -> list[Path] | None:
+    """The table files a folder or a glob (`shards/*.parquet`) names, sorted; None when `text` is neither.
+
+    A folder's own .csv/.tsv/.txt/.parquet files count (not its subfolders; hidden files and
+    `_SUCCESS`-style markers are skipped). A relative path is also looked for under $KZOO_DATA_DIR.
+    A folder or glob that names no table file is a DataError. Read by kzoo.streaming.
+    """
+    import glob
+
+    candidates = [Path(text).expanduser()]
+    env = os.environ.get("KZOO_DATA_DIR")
+    if env and not candidates[0].is_absolute():
+        candidates.append(Path(env) / candidates[0])
+    is_glob = any(c in text for c in "*?[")
+    for path in candidates:
+        if path.is_dir():
+            found = [p for p in path.iterdir() if p.is_file()]
+        elif is_glob:
+            found = [Path(p) for p in glob.glob(str(path)) if Path(p).is_file()]
+        else:
+            continue
+        found = sorted(p for p in found if _suffix(p) in TABLE_SUFFIXES and not p.name.startswith((".", "_")))
+        if not found and (path.is_dir() or path == candidates[-1]):
+            raise DataError(f"--data {text!r}: no {'/'.join(TABLE_SUFFIXES)} files in {'the folder' if path.is_dir() else 'what the glob matches'} "
+                            f"({path})")
+        if found:
+            return found
+    return None
 
 
 def _resolve(text: str) -> Path:
@@ -311,6 +364,8 @@ def conform(df: pd.DataFrame, dataset: dict, *, require_label: bool = True, weig
         if kind == "numeric":
             out[name] = to_float(df[name], name, missing_ok=True)
         elif kind == "categorical":
+            if "max_id" in feature:  # refuse a non-whole id here, naming the file's row, not a split's
+                to_ids(df[name], name)
             out[name] = to_text(df[name])
         elif kind in LIST_TYPES:
             out[name] = to_sequence(df[name], name, feature.get("sep", SEP))

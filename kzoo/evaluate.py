@@ -41,8 +41,14 @@ def evaluate(run, data=None) -> dict:
     run = RunDir(run)
     spec = run.spec()
     if data is None:
-        spec, frame = load_for(spec, run.run_info()["data"])
-        frame = split_frames(spec, frame)[2]
+        from kzoo.streaming import prepare_stream, wants_stream
+
+        source = run.run_info()["data"]
+        if wants_stream(spec, source):  # streamed: one pass over the shards again finds the same test sample
+            frame = prepare_stream(spec, source, int(run.run_info().get("batch_size", 512))).frames["test"]
+        else:
+            spec, frame = load_for(spec, source)
+            frame = split_frames(spec, frame)[2]
     else:
         spec, frame = load_for(spec, data)
     from kzoo.calibration import load as load_calibration

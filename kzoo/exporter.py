@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from kzoo.errors import DataError
+from kzoo.export_checks import WarmupFailed, guard_inputs, guard_outputs, replay_warmup
 from kzoo.rundir import RunDir
 from kzoo.serving.check import WARMUP_ROWS_FILE  # the warmup rows as JSON columns, and the run's predictions
 
@@ -26,6 +28,12 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 # One warmup request per batch size: a graph runs once per new input shape before it is fast, and
 # these are the sizes a deployment sees most (one user; a small page; a ranking candidate batch).
 WARMUP_BATCHES = (1, 8, 64)
+
+
+# The child (`python -m kzoo.exporter`) exits with this status after printing a user's error as
+# "<its class>: <message>" on its last stderr line; the parent raises it again (a DataError prints in one line).
+USER_ERROR_STATUS = 3
+_USER_ERRORS = {"WarmupFailed": WarmupFailed, "DataError": DataError, "FileExistsError": FileExistsError}
 
 
 @dataclass
@@ -160,6 +168,9 @@ def export(run, base, version: int | None = None, _reserved: bool = False) -> Pa
             env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
             cmd = [sys.executable, "-m", "kzoo.exporter", str(run), str(base), str(version)]
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=_die_with_parent)
+            kind, _, last = (done.stderr.strip().splitlines() or [""])[-1].partition(": ")
+            if done.returncode == USER_ERROR_STATUS and kind in _USER_ERRORS:
+                raise _USER_ERRORS[kind](last)
             if done.returncode != 0:
                 raise RuntimeError(f"export in a TensorFlow-backend process failed:\n{done.stderr[-4000:]}")
             return base / str(version)
@@ -199,10 +210,11 @@ def _export_tf(run: Path, base: Path, version: int) -> Path:
         archive.track(layer)
 
     def serve(raw):
+        raw = guard_inputs(raw)
         out = served(pre(raw), training=False)
-        return {name: tf.reshape(value, [-1]) for name, value in out.items()}
+        return guard_outputs({name: tf.reshape(value, [-1]) for name, value in out.items()})
 
-    archive.add_endpoint(name="serving_default", fn=serve, input_signature=[pre.signature()])
+    endpoint = archive.add_endpoint(name="serving_default", fn=serve, input_signature=[pre.signature()])
     towers = spec.raw.get("export", {}).get("towers")
     if towers:  # written before the model, which is renamed into place last
         _export_towers(run, spec, model, towers, base, version, Warmup(warmup.frame, warmup.source))
@@ -211,7 +223,7 @@ def _export_tf(run: Path, base: Path, version: int) -> Path:
         "params": {"served": served.count_params(), "trained": model.count_params()},
         **({"calibration": {"method": calibration["method"],
                             "tasks": [t for t in sorted(calibration["tasks"]) if t in tasks]}} if calibration else {})},
-        warmup=warmup)
+        warmup=warmup, endpoint=endpoint)
 
 
 def _export_towers(run, spec, model, towers: dict, base: Path, version: int, warmup: Warmup | None = None) -> None:
@@ -236,28 +248,31 @@ def _export_towers(run, spec, model, towers: dict, base: Path, version: int, war
         b = blocks[ref]
         names = [f"{side}_{o}" for o in get_block(b["type"]).output_names(b.get("args", {})) or []] or \
             [f"{side}_embedding"]
-        archive.add_endpoint(name="serving_default", fn=_tower_serve(tower, pre, names),
-                             input_signature=[pre.signature()])
+        endpoint = archive.add_endpoint(name="serving_default", fn=_tower_serve(tower, pre, names),
+                                        input_signature=[pre.signature()])
         write_version(archive, tower_base(base, side), version, pre,
-                      {"spec": spec.name, "tower": side, "block": ref, "outputs": names}, warmup=warmup)
+                      {"spec": spec.name, "tower": side, "block": ref, "outputs": names}, warmup=warmup,
+                      endpoint=endpoint)
 
 
 def _tower_serve(tower, pre, names: list):
     def serve(raw):
-        out = tower(pre(raw), training=False)
+        out = tower(pre(guard_inputs(raw)), training=False)
         if isinstance(out, dict):  # a block of several outputs, in its declared order
             out = [out[n.split("_", 1)[1]] for n in names]
-        return dict(zip(names, out if isinstance(out, (list, tuple)) else [out]))
+        return guard_outputs(dict(zip(names, out if isinstance(out, (list, tuple)) else [out])))
 
     return serve
 
 
-def write_version(archive, base: Path, version: int, pre, meta: dict, extra=None, warmup: Warmup | None = None) -> Path:
+def write_version(archive, base: Path, version: int, pre, meta: dict, extra=None, warmup: Warmup | None = None,
+                  endpoint=None) -> Path:
     """Write `archive` as BASE/VERSION: into a hidden temporary folder, with the warmup requests
     (from `warmup`'s rows, else neutral rows), assets.extra/kzoo.json (`meta` plus the input dtypes
     and what the warmup holds) and whatever `extra(folder)` writes into assets.extra (its returned
-    dict joins kzoo.json), then renamed into place, so a failure at any step leaves no version TF
-    Serving would load."""
+    dict joins kzoo.json); the warmup is replayed (on `endpoint`, the archive's serving function,
+    else on the SavedModel loaded back) and the folder renamed into place only if every request
+    succeeds with finite scores, so a failure at any step leaves no version TF Serving would load."""
     base.mkdir(parents=True, exist_ok=True)
     final = base / str(version)
     if final.exists():
@@ -271,6 +286,7 @@ def write_version(archive, base: Path, version: int, pre, meta: dict, extra=None
         if extra is not None:
             meta.update(extra(tmp / "assets.extra"))
         (tmp / "assets.extra" / "kzoo.json").write_text(json.dumps(meta, indent=2))
+        replay_warmup(tmp, final, endpoint)
         os.rename(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -318,7 +334,12 @@ def _main(argv: list[str]) -> int:
 
     _quiet.import_tensorflow()
     run, base, version = argv
-    print(export(run, base, int(version), _reserved=True))
+    try:
+        print(export(run, base, int(version), _reserved=True))
+    except (DataError, FileExistsError) as err:
+        kind = next(k for k, cls in _USER_ERRORS.items() if isinstance(err, cls))  # one line, for the parent
+        print(f"{kind}: {' '.join(str(err).split())}", file=sys.stderr)
+        return USER_ERROR_STATUS
     return 0
 
 

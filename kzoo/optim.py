@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kzoo import sparse
+
 
 @keras.saving.register_keras_serializable(package="kzoo")
 class WarmupExponentialDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -37,13 +39,14 @@ _OPTIMIZERS = {
 }
 
 
-def make_optimizer(cfg: dict | None, schedule: dict | None = None) -> keras.optimizers.Optimizer:
+def make_optimizer(cfg: dict | None, schedule: dict | None = None,
+                   kinds: dict | None = None) -> keras.optimizers.Optimizer:
     cfg = dict(cfg or {"type": "adam"})
     kind = cfg.pop("type")
     lr = cfg.pop("learning_rate", 0.001)
     if schedule:
         lr = WarmupExponentialDecay(lr, **schedule)
-    return _OPTIMIZERS[kind](learning_rate=lr, **cfg)
+    return (kinds or _OPTIMIZERS)[kind](learning_rate=lr, **cfg)
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
@@ -115,9 +118,12 @@ def embedding_variable_paths(model: keras.Model) -> list[str]:
 
 
 def make_model_optimizer(model: keras.Model, train_cfg: dict) -> keras.optimizers.Optimizer:
-    """The spec's optimizer; a SplitOptimizer when `embedding_optimizer` is set."""
+    """The spec's optimizer; a SplitOptimizer when `embedding_optimizer` is set (a row-sparse optimizer
+    for the tables when its type is one of kzoo.sparse.ROW_SPARSE)."""
     dense = make_optimizer(train_cfg.get("optimizer"), train_cfg.get("schedule"))
     if not train_cfg.get("embedding_optimizer"):
         return dense
-    sparse = make_optimizer(train_cfg["embedding_optimizer"], train_cfg.get("schedule"))
-    return SplitOptimizer(sparse, dense, embedding_variable_paths(model))
+    cfg = train_cfg["embedding_optimizer"]
+    row_sparse = cfg["type"] in sparse.ROW_SPARSE  # only the rows a batch touches are read and written
+    tables = make_optimizer(cfg, train_cfg.get("schedule"), sparse.OPTIMIZERS if row_sparse else None)
+    return SplitOptimizer(tables, dense, embedding_variable_paths(model))

@@ -4,8 +4,10 @@
                                        export base (BASE: its latest version, as TF Serving picks)
     predict_frame(model, spec, pre, frame)   served outputs of a trained model on a conformed frame
 
-Data without the label column(s) predicts fine; `keep` passes key columns of the raw data
-(e.g. user_id, ad_id) through to the output, first.
+Data without the label column(s) predicts fine, and label columns that are there are not read (a
+missing or odd label does not stop a prediction); `keep` passes key columns of the raw data (e.g.
+user_id, ad_id) through to the output, first. Data with no rows (a header only) gives no rows, with
+the output columns. Bad values are refused as in training: docs/reliability.md lists each case.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def predict_frame(model, spec, pre, frame, batch_size: int = 4096, tasks: list[s
         from kzoo.calibration import calibrated
 
         serving = calibrated(serving, calibration)
+    if not len(frame):  # no rows: no batch to run, the outputs' columns all the same
+        return {name: np.zeros(0, np.float32) for name in serving.output_names}
     used = list(serving.input.keys()) if isinstance(serving.input, dict) else [serving.input.name]
     ds = make_dataset(frame, spec, pre, batch_size, with_labels=False).map(lambda x: {n: x[n] for n in used})
     out = serving.predict(ds, verbose=0)
@@ -72,12 +76,19 @@ def predict(target, data, keep: list[str] | None = None) -> pd.DataFrame:
         run = RunDir(path)
         raw, dataset = kdata.load(data)
         spec = on_dataset(run.spec(), dataset)
-        frame = kdata.conform(raw, spec.dataset, require_label=False)
+        frame = kdata.conform(_without_labels(raw, spec.dataset), spec.dataset, require_label=False)
         from kzoo.calibration import load as load_calibration
 
         frame = pd.DataFrame(predict_frame(run.model(), spec, run.preprocessor(), frame,
                                            calibration=load_calibration(run.path)))
     return _with_keys(raw, frame, keep or [])
+
+
+def _without_labels(raw: pd.DataFrame, dataset: dict) -> pd.DataFrame:
+    """`raw` less the dataset's label columns: a prediction does not read them."""
+    labels = dataset.get("label") or []
+    labels = [labels] if isinstance(labels, str) else list(labels)
+    return raw.drop(columns=[c for c in labels if c in raw.columns])
 
 
 def _with_keys(raw: pd.DataFrame, predictions: pd.DataFrame, keep: list[str]) -> pd.DataFrame:
@@ -104,14 +115,15 @@ def predict_saved_model(path, data, batch_size: int = 4096) -> tuple[pd.DataFram
     from kzoo import data as kdata
     from kzoo.serving.requests import columns
 
-    loaded = tf.saved_model.load(str(path))
-    fn = loaded.signatures["serving_default"]
-    signature = fn.structured_input_signature[1]
     meta = json.loads((Path(path) / "assets.extra" / "kzoo.json").read_text())
-    raw, dataset = kdata.load(data)
-    frame = kdata.conform(raw, kdata.bundled_dataset(dataset) if dataset else meta["dataset"], require_label=False)
+    raw, dataset = kdata.load(data)  # bad data is refused before the SavedModel is loaded
+    dataset = kdata.bundled_dataset(dataset) if dataset else meta["dataset"]
+    frame = kdata.conform(_without_labels(raw, dataset), dataset, require_label=False)
+    fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+    signature = fn.structured_input_signature[1]
     cols = columns(frame, signature)
-    outs: dict[str, list] = {}
+    outs: dict[str, list] = {name: [np.zeros(0, spec.dtype.as_numpy_dtype)]
+                             for name, spec in fn.structured_outputs.items()}  # what no rows give
     n = len(frame)
     for start in range(0, n, batch_size):
         batch = {k: tf.constant(v[start:start + batch_size]) for k, v in cols.items()}

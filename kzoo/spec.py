@@ -16,6 +16,7 @@ from pathlib import Path
 from kzoo.errors import SpecError
 from kzoo.features import ID_TYPES, LIST_TYPES
 from kzoo.graph import edges as block_edges, find_cycle, reachable, ref_block, ref_output
+from kzoo.sparse.config import embedding_optimizer_problems
 from kzoo.spec_schema import did_you_mean, json_path, schema, schema_problems  # noqa: F401  (re-exported)
 from kzoo.tasks import task_class
 
@@ -312,6 +313,9 @@ def check(raw: dict, source: str | None = None) -> Spec:
         add("train.balancing.shared", f"'{balancing['shared']}' is not a block{did_you_mean(balancing['shared'], block_names)}")
 
     _check_calibration(raw, task_names, add)
+    for path, message in embedding_optimizer_problems(raw.get("train", {})):  # kzoo.sparse
+        add(path, message)
+    _check_stream_split(raw.get("train", {}).get("split", {}), add)
 
     cycle = find_cycle(edges)
     if cycle:
@@ -428,6 +432,18 @@ def calibration_problem(task: dict) -> str | None:
     if (loss.get("type") if isinstance(loss, dict) else loss) == "kl":
         return f"task '{task['name']}' learns a teacher's probabilities (loss 'kl'), not 0/1 labels to calibrate to"
     return None
+
+
+def _check_stream_split(split: dict, add) -> None:
+    """A split by hash names its key; files are named only by a split by file (kzoo.streaming)."""
+    by = split.get("by", "random")
+    if by == "hash" and "key" not in split:
+        add("train.split", 'a split by hash needs "key": the column whose value decides the split (a user id)')
+    if "key" in split and by != "hash":
+        add("train.split.key", f"'key' applies to a split by hash, not by {by}")
+    for name in ("validation_files", "test_files"):
+        if name in split and by != "file":
+            add(f"train.split.{name}", f"'{name}' applies to a split by file, not by {by}")
 
 
 def _check_calibration(raw: dict, task_names: dict, add) -> None:

@@ -21,6 +21,8 @@ from pathlib import Path
 import keras
 
 from kzoo.balancing import balance
+from kzoo.checkpoint import StepCheckpoint
+from kzoo.distribute import setup as distribution_plan
 from kzoo.evaluate import evaluate_frame
 from kzoo.features import sequence_report
 from kzoo.graph import build
@@ -28,6 +30,7 @@ from kzoo.optim import make_model_optimizer
 from kzoo.pipeline import DEFAULT_BATCH, prepare
 from kzoo.plots import plot_curves
 from kzoo.rundir import RunDir
+from kzoo.sparse import row_sparse
 from kzoo.spec import load_spec
 from kzoo.tasks import tasks_of
 
@@ -106,6 +109,74 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
                 "(numeric features are normalised with statistics of the training split)")
 
 
+class LastingEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' EarlyStopping over a training made of one `fit` per epoch: its patience and best value
+    last across the fits (and, through `state`/`load_state`, across a resume), and the best weights
+    are restored once, by `finish`, when training ends."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._begun = False
+
+    def on_train_begin(self, logs=None):
+        if not self._begun:
+            super().on_train_begin(logs)
+            self._begun = True
+
+    def on_train_end(self, logs=None):
+        pass
+
+    def finish(self):
+        super().on_train_end()
+
+    def state(self) -> dict:
+        best = None if self.best is None else float(self.best)
+        return {"stopping": {"wait": self.wait, "best": best, "best_epoch": self.best_epoch}}
+
+    def load_state(self, extras: dict) -> None:
+        saved = extras.get("stopping")
+        if saved:
+            self.on_train_begin()
+            self.wait, self.best_epoch = saved["wait"], saved["best_epoch"]
+            if saved["best"] is not None:
+                self.best = saved["best"]
+
+
+class _Progress(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, told the run's number of epochs (each `fit` runs one)."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.total_epochs = epochs
+
+    def set_params(self, params):
+        super().set_params({**params, "epochs": self.total_epochs})
+
+
+def _built(model, prepared):
+    """`model`, called once on a batch if it is not built yet (a checkpoint loads into built models)."""
+    if not model.built:
+        x = next(iter(prepared.train_epoch(0)))[0]
+        model(x)
+    return model
+
+
+def _trim_logs(out: Path, first_epoch: int, logged_step: int) -> None:
+    """Drop what the killed process logged after its last checkpoint: history.csv rows of epochs it
+    did not finish, steps.jsonl rows past the checkpoint's step."""
+    import pandas as pd
+
+    history, steps = out / "history.csv", out / "steps.jsonl"
+    if history.is_file() and history.stat().st_size:
+        frame = pd.read_csv(history)
+        frame[frame["epoch"] < first_epoch].to_csv(history, index=False)
+    if steps.is_file() and steps.stat().st_size:
+        frame = pd.read_json(steps, lines=True)
+        frame = frame[frame["step"] <= logged_step]
+        steps.write_text("".join(json.dumps({k: v for k, v in row.items() if pd.notna(v)}) + "\n"
+                                 for row in frame.to_dict("records")))
+
+
 class _FailAfterEpoch(keras.callbacks.Callback):
     """Test hook: raise after epoch N (1-based), as a crash would, to exercise resumption."""
 
@@ -119,17 +190,27 @@ class _FailAfterEpoch(keras.callbacks.Callback):
 
 
 def train(spec, data="synthetic", out=None, *, epochs=None, batch_size=None, seed=None,
-          verbose="auto", overwrite: bool = False, fail_after_epoch: int | None = None) -> dict:
+          verbose="auto", overwrite: bool = False, fail_after_epoch: int | None = None,
+          distribute: str | None = None, mesh=None, virtual_devices: int | None = None, callbacks=()) -> dict:
     """Train `spec` on `data` into run dir `out` (default runs/<spec name>); returns metrics.json's content.
 
-    Re-running on an interrupted run resumes it from its last finished epoch; on a finished run it
-    raises RunExistsError unless `overwrite`.
+    `distribute` ("data" or "model"), `mesh` and `virtual_devices`: training on several devices
+    (kzoo.distribute); `batch_size` is then the global batch.
+
+    Re-running on an interrupted run resumes it from its last checkpoint (kzoo.checkpoint: every
+    `train.checkpoint_every` batches and at epoch ends), skipping the batches already done, so it ends
+    where an uninterrupted run does; on a finished run it raises RunExistsError unless `overwrite`.
+    `callbacks`: more Keras callbacks for `fit` (each epoch is one `fit` call, so their
+    `on_train_begin`/`on_train_end` run once per epoch).
     """
+    extra_callbacks = list(callbacks)
     spec = load_spec(spec)
     cfg = {**DEFAULTS, **spec.train}
     epochs = int(epochs or cfg["epochs"])
     batch_size = int(batch_size or cfg["batch_size"])
     seed = int(cfg["seed"] if seed is None else seed)
+    # before anything runs on a device, and before the seed (which resets what the plan's shape-only build drew)
+    plan = distribution_plan(distribute, spec, batch_size=batch_size, mesh=mesh, virtual_devices=virtual_devices)
     run = RunDir(out or Path("runs") / spec.name)
     out = run.path
     resuming = run.start(overwrite=overwrite)
@@ -140,37 +221,71 @@ def train(spec, data="synthetic", out=None, *, epochs=None, batch_size=None, see
     keras.utils.set_random_seed(seed)
     prepared = prepare(spec, data, batch_size)
     spec, stats, pre = prepared.spec, prepared.stats, prepared.preprocessor
-    train_df, val_df, test_df = (prepared.frames[k] for k in ("train", "validation", "test"))
+    train_df, val_df, test_df = (prepared.frames.get(k) for k in ("train", "validation", "test"))
+    rows = prepared.rows
     run.write_setup(spec, spec.used_features(), stats, {
         "data": str(data) if not hasattr(data, "columns") else "<DataFrame>", "backend": keras.backend.backend(),
-        "seed": seed, "epochs": epochs, "batch_size": batch_size, "rows": {"train": len(train_df),
-        "validation": len(val_df), "test": len(test_df)}})
-    print(f"kzoo: {spec.name} on {len(train_df)} train / {len(val_df)} validation / {len(test_df)} test rows "
+        "seed": seed, "epochs": epochs, "batch_size": batch_size, "rows": rows, "distribute": plan.describe(),
+        **getattr(prepared, "info", {})})  # streamed data: files, split, rows evaluated (kzoo.streaming)
+    print(f"kzoo: {spec.name} on {rows['train']} train / {rows['validation']} validation / {rows['test']} test rows "
           f"[{keras.backend.backend()}] -> {out}" + (" (resuming from backup)" if resuming else ""), file=sys.stderr)
 
-    train_ds = prepared.train
-    val_ds = prepared.validation if len(val_df) else None
-    model = balance(compile(build(spec, stats), spec), spec)  # wrapped when `train.balancing` is not static
+    val_ds = prepared.validation if rows["validation"] else None
+    # wrapped when `train.balancing` is not static; replicated or sharded as `plan` says
+    model = plan.build(lambda: balance(compile(build(spec, stats), spec), spec))
+    plan.announce()
+    model = row_sparse(model)  # on JAX, wrapped for row-sparse table updates (kzoo.sparse)
 
+    steps = max(1, math.ceil(rows["train"] / batch_size))
     optimizer = spec.train.get("optimizer")
-    callbacks = [keras.callbacks.BackupAndRestore(str(run.backup)),
-                 keras.callbacks.CSVLogger(str(out / "history.csv"), append=resuming),
-                 StepLogger(out / "steps.jsonl", every=max(1, len(train_df) // batch_size // 20), append=resuming),
-                 StopOnNonFiniteLoss(optimizer.get("learning_rate") if isinstance(optimizer, dict) else None)]
+    logger = StepLogger(out / "steps.jsonl", every=max(1, steps // 20), append=True)
     stop = spec.train.get("early_stopping")
+    stopper = None
     if stop is not None and val_ds is not None:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=stop.get("monitor", "val_loss"), patience=stop.get("patience", 1),
-            mode=stop.get("mode", "auto"), restore_best_weights=True))
-    if fail_after_epoch:
-        callbacks.append(_FailAfterEpoch(fail_after_epoch))
+        stopper = LastingEarlyStopping(monitor=stop.get("monitor", "val_loss"), patience=stop.get("patience", 1),
+                                       mode=stop.get("mode", "auto"), restore_best_weights=True)
+    every = spec.train.get("checkpoint_every", min(max(1, steps // 4), 1000)) or steps + 1
+    checkpoint = StepCheckpoint(run.backup, every, extras=lambda: {
+        "logger_step": logger.step, **(stopper.state() if stopper else {})})
+    first_epoch, skip = 0, 0
+    restored = checkpoint.restore(_built(model, prepared)) if resuming else None
+    if restored:
+        first_epoch, skip, extras = restored
+        logger.step = extras.get("logger_step", 0)
+        if stopper:
+            stopper.load_state(extras)
+        _trim_logs(out, first_epoch, logger.step)
+        print(f"kzoo: resuming at epoch {first_epoch + 1}, batch {skip + 1} of {steps}", file=sys.stderr)
+    else:  # a fresh run, or one killed before its first checkpoint: start over
+        for name in ("history.csv", "steps.jsonl"):
+            (out / name).unlink(missing_ok=True)
+    callbacks = [keras.callbacks.CSVLogger(str(out / "history.csv"), append=True), logger,
+                 StopOnNonFiniteLoss(optimizer.get("learning_rate") if isinstance(optimizer, dict) else None)]
+    callbacks += [stopper] if stopper else []
+    callbacks += extra_callbacks
+    callbacks.append(checkpoint)  # last: what it saves includes the other callbacks' state after the batch
+    callbacks += [_FailAfterEpoch(fail_after_epoch)] if fail_after_epoch else []
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
+    if verbose:
+        callbacks.append(_Progress(epochs))
     fit_start = time.time()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=verbose,
-                        shuffle=False)
+    epochs_run = 0
+    for epoch in range(first_epoch, epochs):  # one fit per epoch: a resumed epoch skips its done batches
+        batches = prepared.train_epoch(epoch)
+        done, skip = skip, 0
+        if done:
+            batches = batches.skip(done)
+        checkpoint.start_epoch(epoch, done)
+        with plan.scope():
+            model.fit(plan.batches(batches), validation_data=plan.batches(val_ds), initial_epoch=epoch,
+                      epochs=epoch + 1, callbacks=callbacks, verbose=verbose, shuffle=False)
+        epochs_run += 1
+        if model.stop_training:
+            break
+    if stopper:
+        stopper.finish()
     fit_seconds = time.time() - fit_start
-    epochs_run = len(history.epoch)
 
     model = getattr(model, "inner", model)  # a balanced run saves, evaluates and serves its plain model
     model.save(out / "model.keras")
@@ -183,9 +298,11 @@ def train(spec, data="synthetic", out=None, *, epochs=None, batch_size=None, see
     used = [f for f in spec.features if f["name"] in spec.used_features()]
     lists = sequence_report(used, stats, test_df)
     if lists:  # items cut by max_len, empty histories, items the vocabulary never saw (OOV)
-        result["sequences"] = {"train": sequence_report(used, stats, train_df), "test": lists}
+        result["sequences"] = {"test": lists}
+        if train_df is not None:
+            result["sequences"]["train"] = sequence_report(used, stats, train_df)
     result["fit_seconds"] = round(fit_seconds, 2)
-    result["train_examples_per_s"] = round(len(train_df) * epochs_run / fit_seconds, 1) if epochs_run else None
+    result["train_examples_per_s"] = round(rows["train"] * epochs_run / fit_seconds, 1) if epochs_run else None
     run.write_metrics(result)
     plot_curves(out / "steps.jsonl", out / "curves.png", spec.name)
     shutil.rmtree(run.backup, ignore_errors=True)

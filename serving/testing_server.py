@@ -65,16 +65,23 @@ _REST_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\
 
 
 class LoadedModel:
-    """The latest version under BASE, loaded, its SignatureDefs read and its warmup replayed."""
+    """The latest version under BASE (or the SavedModel folder `path`, e.g. an export's temporary
+    folder before it is published: version 0 unless its name is a number), loaded, its SignatureDefs
+    read and its warmup replayed; `warmup_responses` keeps the PredictResponses of the warmup.
 
-    def __init__(self, base, name: str):
+    `functions` ({signature name: fn(**inputs) -> outputs}) runs those instead of loading the
+    SavedModel's own: the exporter replays the warmup on the functions it has just written, in memory.
+    """
+
+    def __init__(self, base, name: str, path=None, functions: dict | None = None):
         self.base, self.name = Path(base), name
-        self.path = latest_version_dir(self.base)
-        self.version = int(self.path.name)
+        self.path = Path(path) if path is not None else latest_version_dir(self.base)
+        self.version = int(self.path.name) if self.path.name.isdigit() else 0
+        self.warmup_responses: list = []
         saved = saved_model_pb2.SavedModel.FromString((self.path / "saved_model.pb").read_bytes())
         self.signature_defs = dict(saved.meta_graphs[0].signature_def)
-        self.module = tf.saved_model.load(str(self.path))
-        self.functions = dict(self.module.signatures)
+        self.module = tf.saved_model.load(str(self.path)) if functions is None else None
+        self.functions = dict(functions) if functions is not None else dict(self.module.signatures)
         self.warmup_replayed = self._warm_up()
 
     def _warm_up(self) -> int:
@@ -91,7 +98,7 @@ class LoadedModel:
             if kind != "predict_log":
                 raise RuntimeError(f"{path}: record {count}: unsupported log_type for warmup here: {kind}")
             try:  # like TF Serving, the warmup request runs on the session: its model_spec is not matched
-                self.predict(log.predict_log.request, check_spec=False)
+                self.warmup_responses.append(self.predict(log.predict_log.request, check_spec=False))
             except ServingFailure as err:
                 raise RuntimeError(f"failed to warm up model {self.path}: record {count}: {err.message}") from None
         return count

@@ -17,8 +17,16 @@ def gather_rows(table, ids):
     deduplication TensorFlow's own sparse optimizers do) makes both backends run the same Adam.
     `tf.unique` has no XLA kernel, so a model using it trains with `jit_compile=False` on
     TensorFlow (what Keras picks there by default).
+
+    A table updated by a row-sparse optimizer (kzoo.sparse, which marks it with `mark_row_sparse`)
+    is instead read with ResourceGather on the variable itself, rows only: its gradient is then one
+    slice per occurrence, which that optimizer sums per row. Reading such a table whole would copy
+    all of it at every step (TensorFlow switches a variable that is scattered into to
+    copy-on-read), and tf.custom_gradient reads every variable it sees whole.
     """
     ids = tf.convert_to_tensor(ids)
+    if getattr(table, ROW_SPARSE_MARK, False) and isinstance(table.value, tf.Variable):
+        return tf.gather(table.value, ids)
 
     @tf.custom_gradient
     def gather(params):
@@ -32,6 +40,41 @@ def gather_rows(table, ids):
         return tf.gather(params, ids), grad
 
     return gather(tf.convert_to_tensor(table))
+
+
+ROW_SPARSE_MARK = "_kzoo_row_sparse"
+
+
+def mark_row_sparse(variable) -> None:
+    """Mark a table variable as updated by a row-sparse optimizer: gather_rows reads it in place."""
+    setattr(variable, ROW_SPARSE_MARK, True)
+
+
+FILL_ROWS = 1 << 20  # rows written per block by fill_normal / fill_constant
+
+
+def _fill(variable, block) -> None:
+    """variable[rows] = block(i, rows) for blocks of FILL_ROWS rows, in place (ResourceScatterUpdate;
+    a strided-slice assign copied the whole table once, measured at 3e7 x 16)."""
+    value = variable.value
+    n = value.shape[0]
+    for i, start in enumerate(range(0, n, FILL_ROWS)):
+        rows = tf.range(start, min(start + FILL_ROWS, n))
+        value.scatter_update(tf.IndexedSlices(block(i, tf.size(rows)), rows))
+
+
+def fill_normal(variable, stddev: float, seed: int) -> None:
+    """variable <- N(0, stddev²) values, a block of rows at a time. Keras' RandomNormal draws the whole
+    table in one go with 2 table-sized temporaries (measured: 3x the table's bytes resident after a
+    3e7 x 16 table's build)."""
+    dim, dtype = variable.shape[1], variable.value.dtype
+    _fill(variable, lambda i, rows: tf.random.stateless_normal((rows, dim), seed=[seed, i], dtype=dtype) * stddev)
+
+
+def fill_constant(variable, value: float) -> None:
+    """variable <- value everywhere, a block of rows at a time (an optimizer slot of a large table)."""
+    dim, dtype = variable.shape[1], variable.value.dtype
+    _fill(variable, lambda i, rows: tf.fill((rows, dim), tf.constant(value, dtype)))
 
 
 PARTITIONS = True
