@@ -25,7 +25,9 @@ Keras runs this model, whose lookup gradient uses tf.unique):
     adam_dense      ... of every other variable
 
 Every call also records the process's system CPU time and minor page faults (memory touched
-for the first time). `JAX_GAP_TAKE_MODE=promise_in_bounds` (or `clip`) in a variant's
+for the first time). `JAX_GAP_EMBEDDING_OPTIMIZER=lazy_adam` (any row-sparse type) in a variant's environment
+trains the two `step` pieces with kzoo.sparse's train step (the other pieces stay dense Adam).
+`JAX_GAP_TAKE_MODE=promise_in_bounds` (or `clip`) in a variant's
 environment swaps the embedding lookup for `table.at[ids].get(mode=...)` in that worker only.
 
 Then (unless --no-profile) each worker profiles a few train steps (jax.profiler / tf.profiler)
@@ -75,6 +77,7 @@ class Worker:
         import numpy as np
 
         import kzoo
+        from kzoo.spec import load_spec
 
         self.backend = keras.backend.backend()
         mode = os.environ.get("JAX_GAP_TAKE_MODE")
@@ -84,17 +87,25 @@ class Worker:
             import kzoo.blocks.core
 
             kzoo.blocks.core.gather_rows = lambda table, ids: jnp.asarray(table.value).at[ids].get(mode=mode)
-        data = kzoo.prepare(str(ROOT / "zoo_configs" / "dcn_v2.json"), f"synthetic:{rows}", batch)
+        spec = json.loads((ROOT / "zoo_configs" / "dcn_v2.json").read_text())
+        sparse = os.environ.get("JAX_GAP_EMBEDDING_OPTIMIZER")  # e.g. lazy_adam: kzoo.sparse's train step
+        if sparse:
+            spec["train"]["embedding_optimizer"] = {"type": sparse, "learning_rate": 0.003}
+        data = kzoo.prepare(spec, f"synthetic:{rows}", batch)
         x, y = next(iter(data.train))[:2]
         self.x = {k: np.asarray(v) for k, v in x.items()}
         self.y = {k: np.asarray(v) for k, v in y.items()}
         keras.utils.set_random_seed(0)
-        self.model = kzoo.compile(kzoo.build(data.spec, data.stats), data.spec)
-        self.bare = kzoo.build(data.spec, data.stats)
-        kzoo.compile(self.bare, data.spec)
-        self.bare.compile(optimizer=self.bare.optimizer, loss=self.bare.loss)
-        self.pieces_model = kzoo.build(data.spec, data.stats)
-        kzoo.compile(self.pieces_model, data.spec)
+        from kzoo.sparse import row_sparse
+
+        self.model = row_sparse(kzoo.compile(kzoo.build(data.spec, data.stats), data.spec))
+        bare = kzoo.build(data.spec, data.stats)
+        kzoo.compile(bare, data.spec)
+        bare.compile(optimizer=bare.optimizer, loss=bare.loss)
+        self.bare = row_sparse(bare)
+        dense_spec = load_spec({**spec, "train": {k: v for k, v in spec["train"].items()
+                                                 if k != "embedding_optimizer"}}, ROOT / "zoo_configs")
+        self.pieces_model = kzoo.compile(kzoo.build(dense_spec, data.stats), dense_spec)  # the pieces: dense Adam
         self.steps = {"step": lambda: self.model.train_on_batch(self.x, self.y),
                       "step_nometrics": lambda: self.bare.train_on_batch(self.x, self.y)}
         (self._jax_pieces if self.backend == "jax" else self._tf_pieces)()
@@ -463,7 +474,7 @@ def main(argv=None) -> None:
     result = {"command": "python " + " ".join([Path(__file__).relative_to(ROOT).as_posix(), *(argv or sys.argv[1:])]),
               "machine": machine_info(), "load_start": load_start, "load_per_round": loads, "load_end": loadavg(),
               "workers": {c.name: {**c.info, "env": c.env} for c in children}, "rows": args.rows, "batch": args.batch,
-              "rounds": args.rounds, "calls": args.calls, "summary": summary, "profiles": profiles,
+              "rounds": args.rounds, "calls": args.calls, "summary": summary, "profiles": profiles, "samples": samples,
               "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -123,28 +123,32 @@ def run_child(backend: str, sizes: list, variant: str, steps: int, warmup: int) 
 
 
 def plot(results: list, path: Path) -> None:
+    """Step time / the same process's 1e5-row step time, per backend and optimizer (latest measurement of
+    each size): ratios, because absolute times on this shared machine move with its load."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    latest = {}  # the most recent measurement of each (backend, variant, rows)
+    latest = {}
     for r in results:
-        if "median_ms" in r:
+        if "ratio_to_smallest" in r:
             latest[r["backend"], r["variant"], r["rows"]] = r
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, backend in zip(axes, ("jax", "tensorflow")):
         for variant in VARIANTS:
             rows = sorted((r for (b, v, _), r in latest.items() if b == backend and v == variant),
                           key=lambda r: r["rows"])
             if rows:
-                ax.plot([r["rows"] for r in rows], [r["median_ms"] for r in rows], marker="o",
+                ax.plot([r["rows"] for r in rows], [r["ratio_to_smallest"] for r in rows], marker="o",
                         label=("dense " if variant == "adam" else "row-sparse ") + variant)
+        ax.axhline(1.2, color="grey", linestyle="--", linewidth=1, label="target 1.2x")
         ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.set_title(f"DCN-V2, batch {BATCH}, {backend}")
         ax.set_xlabel("table rows (26 fields, dim 16)")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("ms / step (median)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("step time / step time at 1e5 rows")
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

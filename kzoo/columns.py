@@ -144,8 +144,8 @@ def raw_column(column, dtype: str, name: str) -> np.ndarray:
     """`column` (a Series or array-like) as the NumPy array a `dtype` input takes."""
     if dtype not in _NP:
         raise DataError(f"column {name!r}: dtype {dtype} is not one kzoo reads ({', '.join(DTYPES)})")
-    if isinstance(column, (list, tuple)) and any(isinstance(v, (list, tuple, np.ndarray)) for v in column):
-        array = np.empty(len(column), dtype=object)  # a list per row (a history): keep the rows apart
+    if isinstance(column, (list, tuple)) and any(isinstance(v, (list, tuple, np.ndarray, bytes)) for v in column):
+        array = np.empty(len(column), dtype=object)  # a list per row (a history), bytes: kept as they are
         array[:] = list(column)
     else:
         array = np.asarray(column).reshape(-1)

@@ -36,10 +36,11 @@ def guard_inputs(raw: dict) -> dict:
     names = sorted(raw)
     first = tf.stack([tf.shape(raw[n], out_type=tf.int64)[0] for n in names])
     sizes = tf.stack([tf.size(raw[n], out_type=tf.int64) for n in names])
-    checks = [tf.debugging.Assert(tf.reduce_all(tf.equal(sizes, first)), [
-                  "input", _first(names, tf.not_equal(sizes, first)), ": one value per row expected (a vector; a "
-                  "sequence is one string of its items joined by its separator), got", _first(sizes, tf.not_equal(sizes, first)),
-                  "values for", _first(first, tf.not_equal(sizes, first)), "rows"]),
+    not_vector = tf.not_equal(sizes, first)
+    checks = [tf.debugging.Assert(tf.reduce_all(tf.logical_not(not_vector)), [
+                  "input", _first(names, not_vector), ": one value per row expected (a vector; a sequence is one "
+                  "string of its items joined by its separator), got", _first(sizes, not_vector), "values for",
+                  _first(first, not_vector), "rows"]),
               tf.debugging.Assert(tf.reduce_all(tf.equal(first, first[0])), [
                   f"inputs have different numbers of rows: {names[0]} has", tf.cast(first[0], tf.int32), "and",
                   _first(names, tf.not_equal(first, first[0])), _first(first, tf.not_equal(first, first[0]))])]
@@ -48,7 +49,8 @@ def guard_inputs(raw: dict) -> dict:
         big = tf.constant(2**62, tf.int64)
         rows = tf.stack([tf.reduce_min(tf.where(tf.math.is_inf(raw[n]), tf.range(tf.size(raw[n], out_type=tf.int64)),
                                                 big)) for n in floats])
-        checks.append(tf.debugging.Assert(tf.reduce_all(rows >= big), [  # an empty input: the int64 maximum
+        # reduce_min of an empty input is the int64 maximum: >= big, so an empty batch passes
+        checks.append(tf.debugging.Assert(tf.reduce_all(rows >= big), [
             "input", _first(floats, rows < big), ": +-inf at row index", _first(rows, rows < big),
             "(0-based); send NaN for a missing value (training refuses inf as well)"]))
     with tf.control_dependencies(checks):
@@ -58,7 +60,7 @@ def guard_inputs(raw: dict) -> dict:
 def _first(values, where):
     """The first of `values` (a list of names or a tensor) where `where` holds, as a string or int32 tensor
     for a message: with only those in its data, tf.debugging.Assert is one op, not a cond around one
-    (the cond cost a small model's request about 20%, bench/export_warmup.py)."""
+    (which cost more: docs/benchmarks.md, Export checks)."""
     import tensorflow as tf
 
     index = tf.argmax(tf.cast(where, tf.int32))  # 0 when none holds: the message is not shown then
@@ -91,7 +93,7 @@ def replay_warmup(folder: Path, final: Path, endpoint=None) -> int:
 
     `endpoint` (the traced serving function the archive has just written, called with the inputs as
     one dict) runs them in memory; without it the SavedModel is loaded from `folder` as TF Serving
-    loads a version (bench/export_warmup.py: the load alone was about a third of an export)."""
+    loads a version (4-6x the cost of the replay in memory: docs/benchmarks.md, Export checks)."""
     import numpy as np
     import tensorflow as tf
 

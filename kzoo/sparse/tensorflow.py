@@ -15,9 +15,10 @@ import tensorflow as tf
 def touched(gradient):
     """(distinct rows, their summed gradients) of an IndexedSlices; (None, gradient) for a dense one.
 
-    A table looked up by several calls in a batch (a categorical and a sequence feature sharing it, the
-    L2 penalty) gets one slice list per call, concatenated by the tape: rows repeat across them, so the
-    slices are summed per row here, once."""
+    A row-sparse table is read with a plain ResourceGather (kzoo.blocks.backend.gather_rows), whose
+    gradient has one slice per occurrence of a row, and a table looked up by several calls in a batch (a
+    categorical and a sequence feature sharing it) gets one slice list per call, concatenated by the
+    tape: the slices are summed per row here, once."""
     if not isinstance(gradient, tf.IndexedSlices):
         return None, gradient
     rows, position = tf.unique(gradient.indices)
