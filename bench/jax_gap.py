@@ -1,54 +1,50 @@
 #!/usr/bin/env python
 """The JAX CPU gap: where a dcn_v2 train step at batch 4096 loses to TensorFlow's, piece by piece.
 
-    python bench/jax_gap.py [--rounds 12] [--calls 3] [--rows 50000] [--batch 4096]
-                            [--variant NAME=XLA_FLAGS ...] [--no-profile] [--out bench/out/jax_gap.json]
+    python bench/jax_gap.py [--rounds 12] [--calls 3] [--rows 50000] [--batch 4096] [--no-profile]
+                            [--variant 'NAME|VAR=VALUE[|VAR=VALUE]' ...] [--out bench/out/jax_gap.json]
 
-One worker process per backend (and per JAX variant: the same model under other XLA_FLAGS), each
-with the same model (kzoo.build of zoo_configs/dcn_v2.json on synthetic Criteo-shaped rows,
-kzoo.compile: Adam, BCE, AUC + logloss metrics) and the same batch. The parent asks the workers in
-turn, round after round (the order rotates), to time `--calls` calls of each piece, so the workers
-of a round share the machine's load; per piece it reports the median over all calls of the wall
-and the process CPU time (all threads), and the median over rounds of the paired ratio to
-TensorFlow measured in the same round. The machine's load average goes with every round.
+One worker process per backend, and one per JAX variant (the same worker under other environment
+variables: XLA_FLAGS, GLIBC_TUNABLES, ...). Each builds the same model (kzoo.build of
+zoo_configs/dcn_v2.json on synthetic Criteo-shaped rows; kzoo.compile: Adam, BCE, AUC + logloss) and
+takes the same batch. Round after round (the order rotates) the parent asks every worker to time
+`--calls` calls of each piece, so the workers of a round share the machine's load. Per piece: the
+median over all calls of the wall and process CPU time (all threads), system CPU and minor page
+faults (memory touched for the first time), and the median over rounds of the ratio to the
+TensorFlow worker of the same round. The load average is recorded every round.
 
-Pieces (JAX: jax.jit of the stateless Keras functions; TensorFlow: tf.function without XLA, as
-Keras runs this model, whose lookup gradient uses tf.unique):
+Pieces (JAX: jax.jit of Keras' stateless functions; TensorFlow: tf.function without XLA, as Keras
+runs this model, whose lookup gradient uses tf.unique):
 
-    step            model.train_on_batch(x, y), the model compiled by kzoo.compile (metrics too)
-    step_nometrics  the same, compiled without metrics (loss only)
-    forward         the model's forward pass, training=True
-    forward_backward  loss and gradients (JAX: jax.value_and_grad of the stateless loss;
-                    TensorFlow: GradientTape), no optimizer
-    adam            Adam's update of every trainable variable from fixed gradients
-    adam_table      ... of the embedding table alone (24,701 x 16 rows here)
-    adam_dense      ... of every other variable
+    step              model.train_on_batch(x, y) of the model kzoo.compile made (metrics too)
+    step_nometrics    the same, compiled with the loss only
+    step_fn           the compiled step without train_on_batch's Python (JAX: the jitted Keras
+                      train_step, state donated; TensorFlow: Keras' train_function)
+    forward           the forward pass, training=True
+    forward_backward  loss and gradients (jax.value_and_grad of the stateless loss; GradientTape)
+    adam, adam_table, adam_dense   Adam's update from fixed gradients: of every variable, of the
+                      embedding table alone (24,701 x 16 here), of every other variable
 
-Every call also records the process's system CPU time and minor page faults (memory touched
-for the first time). `JAX_GAP_EMBEDDING_OPTIMIZER=lazy_adam` (any row-sparse type) in a variant's environment
-trains the two `step` pieces with kzoo.sparse's train step (the other pieces stay dense Adam).
-`JAX_GAP_TAKE_MODE=promise_in_bounds` (or `clip`) in a variant's
-environment swaps the embedding lookup for `table.at[ids].get(mode=...)` in that worker only.
+A variant's environment may also hold JAX_GAP_EMBEDDING_OPTIMIZER=lazy_adam (any row-sparse type:
+the two `step` pieces then train with kzoo.sparse's train step) or JAX_GAP_TAKE_MODE=promise_in_bounds
+(or clip: the lookup becomes `table.at[ids].get(mode=...)`), experiments of this benchmark only.
 
-Then (unless --no-profile) each worker profiles a few train steps (jax.profiler / tf.profiler)
-and attributes the op time to: embedding gather, its gradient (JAX: scatter-add into the table;
-TensorFlow: unique + segment sum), cross network and MLP forward and backward, head and loss,
-Adam over the table and over the dense weights, metrics. Op times are summed per step; ops that
-run concurrently overlap, so the sum can exceed the step's wall time. The JAX worker also writes
-the optimized HLO of its train step (bench/out/jax_gap.hlo.txt) with an op count.
-
-Results go to --out with the machine, versions, XLA flags and load averages.
+Then (unless --no-profile) each worker profiles a few steps (JAX: the jitted train step under
+jax.profiler; TensorFlow: train_on_batch under tf.profiler) and sums the op time per step by part:
+embedding gather, its gradient (JAX: scatter-add into the table; TF: unique + segment sum), cross
+network and MLP forward and backward, head and loss, Adam (JAX: table and dense apart), metrics.
+Ops that run concurrently overlap, so the sum can exceed the step's wall time; the share of the
+profiled time with k ops running at once is reported too. The JAX worker writes the optimized HLO of
+its train step next to --out (jax_gap.hlo.txt); bench/jax_gap_profile.py does the attribution.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import datetime
 import glob
 import json
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -58,9 +54,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PIECES = ("step", "step_nometrics", "forward", "forward_backward", "adam", "adam_table", "adam_dense")
-CATEGORIES = ("emb_gather", "emb_grad", "cross_fwd", "cross_bwd", "mlp_fwd", "mlp_bwd", "head_loss",
-              "adam_table", "adam_dense", "adam", "metrics", "other")
+sys.path.insert(0, str(ROOT))
+from bench.jax_gap_profile import attribute, hlo_labels  # noqa: E402
+PIECES = ("step", "step_nometrics", "step_fn", "forward", "forward_backward", "adam", "adam_table", "adam_dense")
 
 
 def loadavg() -> list:
@@ -70,42 +66,39 @@ def loadavg() -> list:
 # ------------------------------------------------------------------------------------------ worker
 
 class Worker:
-    """One backend's model and pieces; `run(piece, calls)` times them."""
+    """One backend's models and pieces; `run(piece, calls)` times them, `profile` attributes a step."""
 
     def __init__(self, rows: int, batch: int):
         import keras
         import numpy as np
 
         import kzoo
+        from kzoo.sparse import row_sparse
         from kzoo.spec import load_spec
 
         self.backend = keras.backend.backend()
         mode = os.environ.get("JAX_GAP_TAKE_MODE")
-        if mode and self.backend == "jax":  # an experiment of this benchmark only: the lookup's jnp.take mode
+        if mode and self.backend == "jax":
             import jax.numpy as jnp
 
             import kzoo.blocks.core
 
             kzoo.blocks.core.gather_rows = lambda table, ids: jnp.asarray(table.value).at[ids].get(mode=mode)
         spec = json.loads((ROOT / "zoo_configs" / "dcn_v2.json").read_text())
-        sparse = os.environ.get("JAX_GAP_EMBEDDING_OPTIMIZER")  # e.g. lazy_adam: kzoo.sparse's train step
-        if sparse:
-            spec["train"]["embedding_optimizer"] = {"type": sparse, "learning_rate": 0.003}
+        dense_spec = load_spec(json.dumps(spec), ROOT / "zoo_configs")
+        if os.environ.get("JAX_GAP_EMBEDDING_OPTIMIZER"):
+            spec["train"]["embedding_optimizer"] = {"type": os.environ["JAX_GAP_EMBEDDING_OPTIMIZER"],
+                                                    "learning_rate": 0.003}
         data = kzoo.prepare(spec, f"synthetic:{rows}", batch)
         x, y = next(iter(data.train))[:2]
-        self.x = {k: np.asarray(v) for k, v in x.items()}
-        self.y = {k: np.asarray(v) for k, v in y.items()}
+        self.x, self.y = ({k: np.asarray(v) for k, v in d.items()} for d in (x, y))
         keras.utils.set_random_seed(0)
-        from kzoo.sparse import row_sparse
-
         self.model = row_sparse(kzoo.compile(kzoo.build(data.spec, data.stats), data.spec))
-        bare = kzoo.build(data.spec, data.stats)
-        kzoo.compile(bare, data.spec)
+        bare = kzoo.compile(kzoo.build(data.spec, data.stats), data.spec)
         bare.compile(optimizer=bare.optimizer, loss=bare.loss)
         self.bare = row_sparse(bare)
-        dense_spec = load_spec({**spec, "train": {k: v for k, v in spec["train"].items()
-                                                 if k != "embedding_optimizer"}}, ROOT / "zoo_configs")
-        self.pieces_model = kzoo.compile(kzoo.build(dense_spec, data.stats), dense_spec)  # the pieces: dense Adam
+        self.pieces_model = kzoo.compile(kzoo.build(dense_spec, data.stats), dense_spec)  # dense Adam
+        self.pieces_model.train_on_batch(self.x, self.y)  # builds the optimizer and metric state
         self.steps = {"step": lambda: self.model.train_on_batch(self.x, self.y),
                       "step_nometrics": lambda: self.bare.train_on_batch(self.x, self.y)}
         (self._jax_pieces if self.backend == "jax" else self._tf_pieces)()
@@ -113,23 +106,27 @@ class Worker:
             for _ in range(2):
                 self.run_once(name)
 
-    def _split(self, variables):
+    def _groups(self):
+        variables = self.pieces_model.trainable_variables
         table = [i for i, v in enumerate(variables) if v.path.endswith("emb/embeddings")]
-        return table, [i for i in range(len(variables)) if i not in table]
+        dense = [i for i in range(len(variables)) if i not in table]
+        return {"adam": table + dense, "adam_table": table, "adam_dense": dense}
+
+    def _adam(self, idx: list):
+        import keras
+
+        opt = keras.optimizers.Adam(learning_rate=0.003)
+        opt.build([self.pieces_model.trainable_variables[i] for i in idx])
+        return opt
 
     def _jax_pieces(self):
         import jax
         import jax.numpy as jnp
-        import keras
 
         m = self.pieces_model
-        m.train_on_batch(self.x, self.y)  # builds the optimizer and metrics state
-        x = {k: jnp.asarray(v) for k, v in self.x.items()}
-        y = {k: jnp.asarray(v) for k, v in self.y.items()}
-        tv = [v.value for v in m.trainable_variables]
-        ntv = [v.value for v in m.non_trainable_variables]
-        ov = [v.value for v in m.optimizer.variables]
-        mv = [v.value for v in m.metrics_variables]
+        x, y = ({k: jnp.asarray(v) for k, v in d.items()} for d in (self.x, self.y))
+        tv, ntv, ov, mv = ([v.value for v in vs] for vs in (m.trainable_variables, m.non_trainable_variables,
+                                                            m.optimizer.variables, m.metrics_variables))
 
         def loss(tv, ntv, x, y):
             return m.compute_loss_and_updates(tv, ntv, mv, x, y, None, training=True, optimizer_variables=ov)[0]
@@ -137,35 +134,30 @@ class Worker:
         forward = jax.jit(lambda tv, ntv, x: m.stateless_call(tv, ntv, x, training=True)[0])
         fwd_bwd = jax.jit(jax.value_and_grad(loss))
         grads = fwd_bwd(tv, ntv, x, y)[1]
-        table, dense = self._split(m.trainable_variables)
-        adams = {}
-        for name, idx in (("adam", table + dense), ("adam_table", table), ("adam_dense", dense)):
-            opt = keras.optimizers.Adam(learning_rate=0.003)
-            opt.build([m.trainable_variables[i] for i in idx])
-            state = [v.value for v in opt.variables]
-            fn = jax.jit(lambda s, g, w, opt=opt: opt.stateless_apply(s, g, w))
-            adams[name] = (fn, state, [grads[i] for i in idx], [tv[i] for i in idx])
-        self.steps.update(
-            forward=lambda: forward(tv, ntv, x),
-            forward_backward=lambda: fwd_bwd(tv, ntv, x, y),
-            **{k: (lambda f=f, s=s, g=g, w=w: f(s, g, w)) for k, (f, s, g, w) in adams.items()})
-        self._block = jax.block_until_ready
-        # The train step as Keras jits it (state donated), for the HLO and the profile.
-        state = tuple([v.value for v in vs] for vs in (m.trainable_variables, m.non_trainable_variables,
-                                                         m.optimizer.variables, m.metrics_variables))
-        self.jit_step = jax.jit(m.train_step, donate_argnums=0)
-        self.jit_state, self.jit_data = state, (x, y, None)
-        self.compiled = self.jit_step.lower(state, self.jit_data).compile()
+        self.steps.update(forward=lambda: forward(tv, ntv, x), forward_backward=lambda: fwd_bwd(tv, ntv, x, y))
+        for name, idx in self._groups().items():
+            opt = self._adam(idx)
+            apply = jax.jit(opt.stateless_apply)
+            args = ([v.value for v in opt.variables], [grads[i] for i in idx], [tv[i] for i in idx])
+            self.steps[name] = lambda apply=apply, args=args: apply(*args)
+        # The train step as Keras jits it (state donated, so in buffers of its own): step_fn, HLO, profile.
+        self.state = tuple([jnp.array(v.value, copy=True) for v in vs] for vs in (
+            m.trainable_variables, m.non_trainable_variables, m.optimizer.variables, m.metrics_variables))
+        self.data = (x, y, None)
+        self.compiled = jax.jit(m.train_step, donate_argnums=0).lower(self.state, self.data).compile()
         self.temp_bytes = self.compiled.memory_analysis().temp_size_in_bytes
+        self.steps["step_fn"] = self._jax_step
+        self._block = jax.block_until_ready
+
+    def _jax_step(self):
+        self.state = self.compiled(self.state, self.data)[1]
+        return self.state
 
     def _tf_pieces(self):
-        import keras
         import tensorflow as tf
 
         m = self.pieces_model
-        m.train_on_batch(self.x, self.y)
-        x = {k: tf.constant(v) for k, v in self.x.items()}
-        y = {k: tf.constant(v) for k, v in self.y.items()}
+        x, y = ({k: tf.constant(v) for k, v in d.items()} for d in (self.x, self.y))
 
         @tf.function
         def fwd_bwd(x, y):
@@ -175,15 +167,11 @@ class Worker:
 
         forward = tf.function(lambda x: m(x, training=True))
         grads = fwd_bwd(x, y)[1]  # the table's gradient is IndexedSlices, as in Keras' own step
-        table, dense = self._split(m.trainable_variables)
-        adams = {}
-        for name, idx in (("adam", table + dense), ("adam_table", table), ("adam_dense", dense)):
-            opt = keras.optimizers.Adam(learning_rate=0.003)
-            weights = [m.trainable_variables[i] for i in idx]
-            opt.build(weights)
-            adams[name] = (_tf_apply(opt, weights), [grads[i] for i in idx])
-        self.steps.update(forward=lambda: forward(x), forward_backward=lambda: fwd_bwd(x, y),
-                          **{k: (lambda f=f, g=g: f(g)) for k, (f, g) in adams.items()})
+        self.steps.update(step_fn=lambda: m.train_function(iter([(x, y, None)])),
+                          forward=lambda: forward(x), forward_backward=lambda: fwd_bwd(x, y))
+        for name, idx in self._groups().items():
+            apply = _tf_apply(self._adam(idx), [m.trainable_variables[i] for i in idx])
+            self.steps[name] = lambda apply=apply, g=[grads[i] for i in idx]: apply(g)
         self._block = lambda r: tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, r)
         self.jit_compile = m.jit_compile
 
@@ -199,25 +187,19 @@ class Worker:
             out["wall"].append(wall)
             out["cpu"].append(r1.ru_utime + r1.ru_stime - r.ru_utime - r.ru_stime)
             out["sys"].append(r1.ru_stime - r.ru_stime)
-            out["faults"].append(r1.ru_minflt - r.ru_minflt)  # minor page faults: fresh memory touched
+            out["faults"].append(r1.ru_minflt - r.ru_minflt)
         return {**out, "load": loadavg()}
 
-    # -------------------------------------------------------------------------------- profile
     def profile(self, steps: int, hlo_out: str | None) -> dict:
-        from jax.profiler import ProfileData  # parses any XSpace, TensorFlow's too
-
         folder = tempfile.mkdtemp(prefix="jax_gap_")
+        labels = None
+        t = time.perf_counter()
         if self.backend == "jax":
             import jax
 
-            state = self.jit_state
-            state = self.compiled(state, self.jit_data)[1]
-            t = time.perf_counter()
             with jax.profiler.trace(folder):
                 for _ in range(steps):
-                    state = jax.block_until_ready(self.compiled(state, self.jit_data)[1])
-            wall = (time.perf_counter() - t) / steps
-            self.jit_state = state
+                    self.run_once("step_fn")
             text = self.compiled.as_text()
             labels = hlo_labels(text)
             if hlo_out:
@@ -225,36 +207,13 @@ class Worker:
         else:
             import tensorflow as tf
 
-            t = time.perf_counter()
             tf.profiler.experimental.start(folder)
             for _ in range(steps):
-                self.steps["step"]()
+                self.run_once("step")
             tf.profiler.experimental.stop()
-            wall = (time.perf_counter() - t) / steps
-            labels = None
-        pb = glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)[0]
-        per_op = collections.defaultdict(float)
-        for plane in ProfileData.from_file(pb).planes:
-            for line in plane.lines:
-                for ev in line.events:
-                    if labels is not None and ev.name in labels:
-                        per_op[ev.name] += ev.duration_ns / 1e6 / steps
-                    elif labels is None and ":" in ev.name and "::" not in ev.name and not ev.name.startswith("Eager"):
-                        per_op[ev.name] += ev.duration_ns / 1e6 / steps
-        out = {"wall_ms_per_step_profiled": wall * 1000, "categories": dict.fromkeys(CATEGORIES, 0.0), "top_ops": []}
-        for op, ms in per_op.items():
-            cat = categorise_jax(op, labels[op]) if labels is not None else categorise_tf(op)
-            out["categories"][cat] += ms
-        for op, ms in sorted(per_op.items(), key=lambda kv: -kv[1])[:25]:
-            desc = f"{labels[op][0]} {labels[op][1]}" if labels is not None else ""
-            out["top_ops"].append([op, round(ms, 2), desc])
-        out["categories"] = {k: round(v, 2) for k, v in out["categories"].items()}
-        out["ops"] = {op: [round(ms, 3), categorise_jax(op, labels[op]) if labels is not None else categorise_tf(op)]
-                      for op, ms in sorted(per_op.items(), key=lambda kv: -kv[1]) if ms >= 0.05}
-        if labels is not None:
-            kinds = collections.Counter(k for k, _, _ in labels.values())
-            out["hlo_ops"] = dict(kinds.most_common())
-        return out
+        wall = (time.perf_counter() - t) / steps
+        xplane = glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)[0]
+        return {"wall_ms_per_step_profiled": round(wall * 1000, 2), **attribute(xplane, steps, labels)}
 
 
 def _tf_apply(opt, weights):
@@ -263,73 +222,10 @@ def _tf_apply(opt, weights):
     return tf.function(lambda grads: opt.apply(grads, weights))  # weights closed over, not traced
 
 
-def hlo_labels(text: str) -> dict:
-    """ENTRY instruction name -> (op kind, shape, JAX op_name), the op_name taken from the fused
-    computation when the instruction has none."""
-    comps, current = {}, None
-    for line in text.splitlines():
-        head = re.match(r"^(?:ENTRY )?%(\S+) ", line)
-        if head and line.rstrip().endswith("{"):
-            current = "ENTRY" if line.startswith("ENTRY") else head.group(1)
-            comps[current] = []
-        elif current:
-            comps[current].append(line)
-    labels = {}
-    for line in comps.get("ENTRY", []):
-        m = re.match(r"\s*(?:ROOT )?%(\S+) = (\S+) ([a-z-]+)\(", line)
-        if not m or m.group(3) in ("parameter", "constant", "tuple", "get-tuple-element"):
-            continue
-        name, shape, kind = m.groups()
-        op = re.search(r'op_name="([^"]*)"', line)
-        if not op and (call := re.search(r"calls=%(\S+?)[,\s]", line)):
-            op = next((o for o in (re.search(r'op_name="([^"]*)"', ln) for ln in comps.get(call.group(1), [])) if o),
-                      None)
-        fusion = re.search(r'"kind":"(__\w+)"', line)
-        labels[name] = (f"{kind}{'/' + fusion.group(1) if fusion else ''}", shape.split("{")[0],
-                        op.group(1) if op else "")
-    return labels
-
-
-def categorise_jax(name: str, label) -> str:
-    _, shape, op = label
-    if re.search(r"/adam(_\d+)?/", op):
-        return "adam_table" if re.match(r"f32\[\d{4,},16\]", shape) else "adam_dense"
-    for scope, fwd, bwd in (("emb", "emb_gather", "emb_grad"), ("cross", "cross_fwd", "cross_bwd"),
-                            ("deep", "mlp_fwd", "mlp_bwd")):
-        if f"transpose(jvp({scope}))" in op:
-            return bwd
-        if f"jvp({scope})" in op:
-            return fwd
-    if any(k in op for k in ("top", "ctr_logit", "compile_loss", "log_sigmoid", "bce")) or name.startswith("dot."):
-        return "head_loss"
-    if op:  # what is left of the step with a name: metric updates (AUC's scatter-add, sums)
-        return "metrics"
-    return "other"
-
-
-def categorise_tf(name: str) -> str:
-    if re.match(r"adam(_\d+)?/", name):
-        return "adam"  # the table's and the dense weights' updates together (the pieces time them apart)
-    grad = "gradient_tape/" in name
-    if "UnsortedSegmentSum" in name or "Unique" in name:
-        return "emb_grad"
-    for scope, fwd, bwd in (("/emb", "emb_gather", "emb_grad"), ("/cross", "cross_fwd", "cross_bwd"),
-                            ("/deep", "mlp_fwd", "mlp_bwd")):
-        if scope in name:
-            return bwd if grad else fwd
-    if any(k in name for k in ("top", "ctr_logit", "compile_loss", "bce", "binary_crossentropy")):
-        return "head_loss"
-    if "auc" in name.lower() or "mean" in name.lower() or "metrics" in name.lower():
-        return "metrics"
-    return "other"
-
-
 def worker_main(args) -> None:
     worker = Worker(args.rows, args.batch)
-    info = {"backend": worker.backend, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "jit_compile": getattr(worker, "jit_compile", True),
-            "xla_temp_bytes_per_step": getattr(worker, "temp_bytes", None)}
-    print(json.dumps({"ready": info}), flush=True)
+    print(json.dumps({"ready": {"backend": worker.backend, "jit_compile": getattr(worker, "jit_compile", True),
+                                "xla_temp_bytes_per_step": getattr(worker, "temp_bytes", None)}}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["op"] == "run":
@@ -469,6 +365,8 @@ def main(argv=None) -> None:
     for n, prof in profiles.items():
         print(f"\n{n}: profiled step {prof['wall_ms_per_step_profiled']:.1f} ms wall; op time by part (ms/step):")
         print("  " + ", ".join(f"{k} {v:.1f}" for k, v in prof["categories"].items()))
+        print("  share of the time with k ops running at once: " + ", ".join(
+            f"{k}: {100 * v:.0f} %" for k, v in prof["ops_in_flight_share"].items()))
     from bench.throughput import machine_info
 
     result = {"command": "python " + " ".join([Path(__file__).relative_to(ROOT).as_posix(), *(argv or sys.argv[1:])]),
@@ -482,5 +380,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     main()
