@@ -277,3 +277,24 @@ def raw_arrays(df: pd.DataFrame, raw: list[dict]) -> dict[str, np.ndarray]:
     """NumPy columns with the dtypes the preprocessing (and the serving signature) expects."""
     return {f["name"]: (to_sequence(df[f["name"]], f["name"], f.get("sep", SEP)) if f["type"] in LIST_TYPES
                         else raw_column(df[f["name"]], raw_dtype(f), f["name"])) for f in raw}
+
+
+def batches(arrays, batch_size: int):
+    """A tf.data.Dataset of consecutive `batch_size`-row batches of `arrays` (a nest of NumPy arrays
+    with rows on axis 0), the last one partial: what `from_tensor_slices(arrays).batch(batch_size)`
+    gives, but sliced in NumPy, so tf.data handles one element per batch instead of one per row
+    (bench/input_pipeline.py measured the per-row path at a fifth of the preprocessing's rate)."""
+    import tensorflow as tf
+
+    flat = tf.nest.flatten(arrays)
+    n = len(flat[0])
+    if n == 0:
+        return tf.data.Dataset.from_tensor_slices(arrays).batch(batch_size)
+    full = n // batch_size * batch_size
+    parts = []
+    if full:
+        shaped = [a[:full].reshape((full // batch_size, batch_size) + a.shape[1:]) for a in flat]
+        parts.append(tf.data.Dataset.from_tensor_slices(tf.nest.pack_sequence_as(arrays, shaped)))
+    if n > full or not parts:
+        parts.append(tf.data.Dataset.from_tensors(tf.nest.pack_sequence_as(arrays, [a[full:] for a in flat])))
+    return parts[0] if len(parts) == 1 else parts[0].concatenate(parts[1])

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 
 from kzoo import data as kdata
-from kzoo.features import Preprocessor, check_declared, fit_stats, raw_arrays
+from kzoo.features import Preprocessor, batches, check_declared, fit_stats, raw_arrays  # noqa: F401  (batches re-exported)
 from kzoo.errors import SpecError
 from kzoo.spec import Spec, load_spec
 from kzoo.tasks import tasks_of
@@ -83,27 +83,6 @@ def labels_of(frame, spec: Spec, tasks=None) -> tuple[dict, dict | None]:
         return labels, None
     seed = int(spec.train.get("seed", 0))
     return labels, {t.name: t.sample_weights(frame, seed) for t in tasks}
-
-
-def batches(arrays, batch_size: int):
-    """A tf.data.Dataset of consecutive `batch_size`-row batches of `arrays` (a nest of NumPy arrays
-    with rows on axis 0), the last one partial: what `from_tensor_slices(arrays).batch(batch_size)`
-    gives, but sliced in NumPy, so tf.data handles one element per batch instead of one per row
-    (bench/input_pipeline.py measured the per-row path at a fifth of the preprocessing's rate)."""
-    import tensorflow as tf
-
-    flat = tf.nest.flatten(arrays)
-    n = len(flat[0])
-    if n == 0:
-        return tf.data.Dataset.from_tensor_slices(arrays).batch(batch_size)
-    full = n // batch_size * batch_size
-    parts = []
-    if full:
-        shaped = [a[:full].reshape((full // batch_size, batch_size) + a.shape[1:]) for a in flat]
-        parts.append(tf.data.Dataset.from_tensor_slices(tf.nest.pack_sequence_as(arrays, shaped)))
-    if n > full or not parts:
-        parts.append(tf.data.Dataset.from_tensors(tf.nest.pack_sequence_as(arrays, [a[full:] for a in flat])))
-    return parts[0] if len(parts) == 1 else parts[0].concatenate(parts[1])
 
 
 def make_dataset(frame, spec: Spec, pre: Preprocessor, batch_size: int, with_labels: bool = True, tasks=None,

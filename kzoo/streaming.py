@@ -37,7 +37,7 @@ import pandas as pd
 
 from kzoo import data as kdata
 from kzoo.errors import DataError, SpecError
-from kzoo.features import Preprocessor, check_declared, raw_dtype
+from kzoo.features import Preprocessor, batches, check_declared, raw_dtype
 from kzoo.spec import Spec
 from kzoo.stream_read import PARTS, Shards, Splitter, _suffix, priority
 from kzoo.stream_stats import Reservoir, StreamStats
@@ -253,7 +253,7 @@ class Streamed:
         if key not in self._cache:
             structure = self._structure(self.arrays(self.frames[part], int(self.spec.train.get("seed", 0))))
             pre = self.preprocessor
-            ds = tf.data.Dataset.from_tensor_slices(structure if labels else structure[0]).batch(key[1])
+            ds = batches(structure if labels else structure[0], key[1])
             ds = ds.map((lambda x, *rest: (pre(x), *rest)) if labels else pre, num_parallel_calls=tf.data.AUTOTUNE)
             self._cache[key] = ds.cache().prefetch(tf.data.AUTOTUNE)
         return self._cache[key]
