@@ -56,7 +56,7 @@ class SplitOptimizer(keras.optimizers.Optimizer):
     The common CTR recipe (e.g. Adagrad for the sparse tables, Adam for the MLPs). Keras 3 has
     no MultiOptimizer, so this wrapper partitions the variables at build time by path and
     hands each part to its optimizer. Its `variables` include both sub-optimizers' state, so
-    the JAX trainer's stateless apply and BackupAndRestore carry all of it.
+    the JAX trainer's stateless apply and the step checkpoints carry all of it.
 
     Args:
         embedding_optimizer: keras Optimizer for variables whose path is in `embedding_paths`.

@@ -9,7 +9,7 @@
     history.csv          per-epoch training and validation metrics
     steps.jsonl          running training metrics every few steps, validation at epoch ends
     curves.png           the training curves (from steps.jsonl)
-    backup/              BackupAndRestore state while training; removed once training ends
+    backup/              step-level checkpoints while training (kzoo.checkpoint); removed once training ends
 
 A run is *finished* once metrics.json is written and backup/ is gone; a run with backup/ was
 interrupted and the same `kzoo train` command resumes it.
