@@ -117,6 +117,9 @@ def run_layer_test(cls, init_kwargs: dict, input_data, expected_output_shape: tu
     `expected_num_losses`: how many losses (add_loss and weight regularisers) one eager call
     of the layer leaves in `layer.losses`.
     """
+    # Keras' initialisers draw from the global seed: fix it, so a layer's weights (and so the
+    # test's outcome) are the same in every process, whatever ran before in the worker.
+    keras.utils.set_random_seed(0)
     layer = cls(**init_kwargs)
     out = layer(input_data)
     several = isinstance(out, dict)

@@ -223,14 +223,20 @@ def _np_wukong_layer(layer, x):
                        _np(layer.output_norm.beta))
 
 
+# The contract tests use dim 8: WuKong ends in a LayerNorm over the embedding dim, which over
+# 2 values is a sign function, so bfloat16 rounding of two near-equal values flips it (2 of 60
+# random initialisations at dim 2; worst relative error 0.009 at dim 8).
+WK_D = 8
+
+
 def test_wukong_layer_contract():
     run_layer_test(WuKongLayer, {"num_fmb": 3, "num_lcb": 2, "fmb_rank": 2, "fmb_units": [6], "dropout": 0.1},
-                   _data(B, M, D), (B, 5, D), expected_num_losses=0)
+                   _data(B, M, WK_D), (B, 5, WK_D), expected_num_losses=0)
 
 
 def test_wukong_contract():
     run_layer_test(WuKong, {"layers": 2, "num_fmb": 2, "num_lcb": 1, "fmb_rank": 3, "fmb_units": [4],
-                            "dropout": 0.0}, _data(B, M, D), (B, 3, D), expected_num_losses=0)
+                            "dropout": 0.0}, _data(B, M, WK_D), (B, 3, WK_D), expected_num_losses=0)
 
 
 @pytest.mark.parametrize("num_fmb,num_lcb,fmb_units", [(2, 2, [6]), (3, 2, [6, 5]), (1, 1, [])])
