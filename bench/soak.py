@@ -7,7 +7,7 @@ the process's resident memory and the step time, to show that neither grows.
 DATA defaults to Parquet shards of synthetic Criteo-shaped rows written to a temporary folder and
 streamed (kzoo.streaming); `--data synthetic:ROWS` trains from memory instead. The epochs are
 as many as reach `--steps`. Every `--sample-every` steps it records the RSS (/proc/self/statm) and
-the mean step time since the last sample. The verdict compares the last tenth of the run with the
+the mean step time since the last sample. SIGTERM ends the run early with the same output. The verdict compares the last tenth of the run with the
 tenth after warm-up (the first tenth is left out: compilation, first pass over the data): RSS growth
 in MiB and the step-time ratio. Writes the samples to --out and a plot beside it (.png).
 """
@@ -85,8 +85,13 @@ def main() -> None:
                 if len(samples) % 20 == 0:
                     print(f"soak: step {self.step:,}  rss {samples[-1]['rss_mib']} MiB  "
                           f"{samples[-1]['ms_per_step']} ms/step", file=sys.stderr, flush=True)
-            if self.step >= args.steps:
+            if self.step >= args.steps or stop:
                 self.model.stop_training = True
+
+    # SIGTERM ends the run at the next step and still writes the summary of what ran.
+    import signal
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
 
     epochs = max(1, math.ceil(args.steps / max(1, (train_rows or args.steps * args.batch) // args.batch)))
     start = time.time()

@@ -54,6 +54,7 @@ def export_retrieval(run, base: Path, version: int, task, write) -> Path:
     import keras_rs
     import tensorflow as tf
 
+    from kzoo.export_checks import guard_inputs, guard_outputs
     from kzoo.retrieval import embed, tower_models
 
     spec, model = run.spec(), run.model()
@@ -72,11 +73,11 @@ def export_retrieval(run, base: Path, version: int, task, write) -> Path:
     for tower, output in ((query, "query_embedding"), (item, "item_embedding")):
         pre = run.preprocessor(list(tower.input))
         archive = _archive(tower, pre)
-        archive.add_endpoint(name="serving_default", fn=_tower_fn(tower, pre, output),
-                             input_signature=[pre.signature()])
+        endpoint = archive.add_endpoint(name="serving_default", fn=_tower_fn(tower, pre, output),
+                                        input_signature=[pre.signature()])
         write(archive, tower_base(base, output.split("_")[0]), version, pre,
               {"spec": spec.name, "task": task.name, "tower": output.split("_")[0], "outputs": [output],
-               "dim": int(embeddings.shape[1])})
+               "dim": int(embeddings.shape[1])}, endpoint=endpoint)
 
     pre = run.preprocessor(list(query.input))
     retrieval = keras_rs.layers.BruteForceRetrieval(candidate_embeddings=embeddings, k=k, return_scores=True)
@@ -87,11 +88,11 @@ def export_retrieval(run, base: Path, version: int, task, write) -> Path:
     archive.track(retrieval)
     archive.track(id_of)
 
-    def serve(raw):
-        scores, index = retrieval(query(pre(raw), training=False))
-        return {"item_ids": id_of(tf.cast(index, tf.int64)), "scores": scores}
+    def serve(raw):  # the request guards of kzoo.export_checks, as on a ranking export
+        scores, index = retrieval(query(pre(guard_inputs(raw)), training=False))
+        return guard_outputs({"item_ids": id_of(tf.cast(index, tf.int64)), "scores": scores})
 
-    archive.add_endpoint(name="serving_default", fn=serve, input_signature=[pre.signature()])
+    endpoint = archive.add_endpoint(name="serving_default", fn=serve, input_signature=[pre.signature()])
 
     def extra(folder: Path) -> dict:
         np.savez(folder / ITEMS, ids=ids, embeddings=embeddings)
@@ -107,12 +108,14 @@ def export_retrieval(run, base: Path, version: int, task, write) -> Path:
     return write(archive, base, version, pre, {
         "spec": spec.name, "task": task.name, "outputs": ["item_ids", "scores"], "k": k, "corpus": len(ids),
         "dim": int(embeddings.shape[1]), "towers": {t: tower_base(base, t).name for t in ("query", "item")}},
-        extra)
+        extra, endpoint=endpoint)
 
 
 def _tower_fn(tower, pre, output: str):
+    from kzoo.export_checks import guard_inputs, guard_outputs
+
     def serve(raw):  # no default arguments: tf.function would take them for inputs
-        return {output: tower(pre(raw), training=False)}
+        return guard_outputs({output: tower(pre(guard_inputs(raw)), training=False)})
 
     return serve
 

@@ -258,6 +258,33 @@ def test_retrieval_savedmodel_answers_a_real_predict_request(tower_run):
     assert {x.decode() for x in ids.ravel()} <= corpus
 
 
+def test_retrieval_and_tower_savedmodels_refuse_a_ragged_request_naming_the_input(tower_run):
+    """The request guards of a ranking export (kzoo.export_checks) in the top-K model and both towers:
+    a list per row, or inputs of different lengths, get INVALID_ARGUMENT naming the input, not an op
+    error deep in the tower or a silently wrong top K."""
+    from kzoo.serving.testing_server import LoadedModel, ServingFailure
+
+    _, version, test, _ = tower_run
+    rows = test.iloc[:3].to_dict("records")
+    for base in (version.parent, version.parent.parent / "two_tower_query", version.parent.parent / "two_tower_item"):
+        loaded = LoadedModel(base, base.name)
+        inputs = load_signature(base / "1").inputs
+        good = grpc_request(rows, inputs, model_name=base.name)
+        outputs = {k: tf.make_ndarray(v) for k, v in loaded.predict(good).outputs.items()}
+        assert all(len(v) == 3 for v in outputs.values()), base.name
+        name = sorted(n for n in inputs if tf.as_dtype(inputs[n]) == tf.string)[0]
+        ragged = grpc_request(rows, inputs, model_name=base.name)
+        ragged.inputs[name].CopyFrom(tf.make_tensor_proto([["a", "b"], ["c", "d"], ["e", "f"]], dtype=tf.string))
+        short = grpc_request(rows, inputs, model_name=base.name)
+        short.inputs[name].CopyFrom(tf.make_tensor_proto(["a", "b"], dtype=tf.string))
+        for request, words in ((ragged, f"[input] [{name}] [: one value per row expected"),
+                               (short, "inputs have different numbers of rows")):
+            with pytest.raises(ServingFailure) as err:
+                loaded.predict(request)
+            assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and words in err.value.message, (
+                base.name, err.value.message)
+
+
 def test_ann_index_recall_against_brute_force_and_its_guards(tower_run, tmp_path):
     run, version, test, _ = tower_run
     rows = test[test["label"] == 1]
