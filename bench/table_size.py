@@ -170,7 +170,8 @@ def main(argv=None) -> None:
     if args.child:
         print(json.dumps(child([int(r) for r in args.child[1:]], args.child[0], args.steps, args.warmup)))
         return
-    results, run = [], {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "args": argv or sys.argv[1:]}
+    results, run = [], {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "args": argv or sys.argv[1:],
+                        "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES")}  # e.g. glibc.malloc.hugetlb=1
     for backend in args.backends:
         for variant in args.variants:
             sizes = list(args.sizes) + ([10 ** 8] if args.huge and variant == "adagrad" else [])

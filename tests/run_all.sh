@@ -11,6 +11,6 @@ backends="jax tensorflow"
 if "$PY" -c "import torch" 2>/dev/null; then backends="$backends torch"; fi
 for backend in $backends; do
   echo "=== KERAS_BACKEND=$backend ==="
-  KERAS_BACKEND=$backend "$PY" -m pytest -n 2 -q -p no:cacheprovider "$@" || status=1
+  KERAS_BACKEND=$backend "$PY" -m pytest -n 2 --dist loadgroup -q -p no:cacheprovider "$@" || status=1
 done
 exit $status

@@ -24,6 +24,10 @@ from kzoo.serving.requests import columns
 from kzoo.serving.rest_json import ServingFailure, request_from_json
 from kzoo.serving.testing_server import LoadedModel
 
+# One worker runs this module: its module-scoped fixture trains and exports once (tests/run_all.sh
+# runs pytest-xdist with --dist loadgroup), not once per worker.
+pytestmark = pytest.mark.xdist_group("bad_data")
+
 ITEMS = [f"i{k}" for k in range(12)]
 SPEC = {"name": "shop", "features": {"name": "shop", "label": "label", "features": [
     {"name": "price", "type": "numeric", "fill": 0, "norm": "standard"},

@@ -23,6 +23,10 @@ from kzoo.errors import DataError, SpecError
 
 from tf_only import serve_fresh_many
 
+# One worker runs this module: its module-scoped fixture trains and exports once (tests/run_all.sh
+# runs pytest-xdist with --dist loadgroup), not once per worker.
+pytestmark = pytest.mark.xdist_group("calibration")
+
 REPO = Path(__file__).resolve().parents[1]
 
 

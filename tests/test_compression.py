@@ -17,6 +17,10 @@ from kzoo.compress import compress, magnitude_mask, make_distiller, quantize_int
 from kzoo.rundir import RunDir
 from tests.tf_only import serve_fresh
 
+# One worker runs this module: its module-scoped fixture trains and exports once (tests/run_all.sh
+# runs pytest-xdist with --dist loadgroup), not once per worker.
+pytestmark = pytest.mark.xdist_group("compression")
+
 REPO = Path(__file__).resolve().parents[1]
 ROWS = "synthetic:400"
 

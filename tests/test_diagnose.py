@@ -9,6 +9,10 @@ import kzoo
 from kzoo import data as kdata
 from kzoo.diagnose import diagnose, gate_flags, gradient_flags
 
+# One worker runs this module: its module-scoped fixture trains and exports once (tests/run_all.sh
+# runs pytest-xdist with --dist loadgroup), not once per worker.
+pytestmark = pytest.mark.xdist_group("diagnose")
+
 
 def two_task_mmoe(experts=4):
     dataset = kdata.bundled_dataset("criteo")

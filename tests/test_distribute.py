@@ -16,6 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+# One worker runs this module: its module-scoped fixture trains and exports once (tests/run_all.sh
+# runs pytest-xdist with --dist loadgroup), not once per worker.
+pytestmark = pytest.mark.xdist_group("distribute")
+
 DEVICES, STEPS, BATCH = 8, 5, 64
 
 # Two tables: emb's 64 + 40 = 104 rows divide by 8 (sharded by rows), extra's 13 do not (by columns).

@@ -14,6 +14,10 @@ import kzoo
 from kzoo import data as kdata
 from tests.tf_only import serve_fresh
 
+# One worker runs this module: its module-scoped fixture trains and exports once (tests/run_all.sh
+# runs pytest-xdist with --dist loadgroup), not once per worker.
+pytestmark = pytest.mark.xdist_group("end_to_end")
+
 REPO = Path(__file__).resolve().parents[1]
 
 

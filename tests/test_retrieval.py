@@ -26,6 +26,10 @@ from kzoo.serving.testing_server import serve
 from tests.real_data import movielens_slice
 from tests.tf_only import serve_fresh, serve_fresh_many
 
+# One worker runs this module: its module-scoped fixture trains and exports once (tests/run_all.sh
+# runs pytest-xdist with --dist loadgroup), not once per worker.
+pytestmark = pytest.mark.xdist_group("retrieval")
+
 RNG = np.random.default_rng(7)
 
 

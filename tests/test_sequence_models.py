@@ -19,6 +19,10 @@ from kzoo.serving.testing_server import serve
 from tests.real_data import amazon_slice, movielens_slice
 from tests.tf_only import serve_fresh
 
+# One worker runs this module: its module-scoped fixture trains and exports once (tests/run_all.sh
+# runs pytest-xdist with --dist loadgroup), not once per worker.
+pytestmark = pytest.mark.xdist_group("sequence_models")
+
 HISTORY = ("hist_item_id", "hist_item_cat", "hist_gap")
 
 

@@ -16,6 +16,10 @@ from kzoo.serving.client import GrpcClient, RestClient, ServerUnreachable, Servi
 from kzoo.serving.requests import columns, grpc_request
 from kzoo.serving.testing_server import serve
 
+# One worker runs this module: its module-scoped fixture trains and exports once (tests/run_all.sh
+# runs pytest-xdist with --dist loadgroup), not once per worker.
+pytestmark = pytest.mark.xdist_group("serving")
+
 REPO = Path(__file__).resolve().parents[1]
 NAME = "kzoo"
 

@@ -22,6 +22,10 @@ from kzoo import data as kdata
 from kzoo.cli import main
 from kzoo.serve_check import serve_check
 
+# One worker runs this module: its module-scoped fixture trains and exports once (tests/run_all.sh
+# runs pytest-xdist with --dist loadgroup), not once per worker.
+pytestmark = pytest.mark.xdist_group("serving_tools")
+
 REPO = Path(__file__).resolve().parents[1]
 
 
