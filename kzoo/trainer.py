@@ -30,7 +30,7 @@ from kzoo.optim import make_model_optimizer
 from kzoo.pipeline import DEFAULT_BATCH, prepare
 from kzoo.plots import plot_curves
 from kzoo.rundir import RunDir
-from kzoo.sparse import row_sparse
+from kzoo.sparse import huge_pages_hint, row_sparse
 from kzoo.spec import load_spec
 from kzoo.tasks import tasks_of
 
@@ -251,6 +251,9 @@ def train(spec, data="synthetic", out=None, *, epochs=None, batch_size=None, see
     model = plan.build(lambda: balance(compile(build(spec, stats), spec), spec))
     plan.announce()
     model = row_sparse(model)  # on JAX, wrapped for row-sparse table updates (kzoo.sparse)
+    hint = huge_pages_hint(model)
+    if hint:
+        print(hint, file=sys.stderr)
 
     steps = max(1, math.ceil(rows["train"] / batch_size))
     optimizer = spec.train.get("optimizer")

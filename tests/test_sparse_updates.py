@@ -221,6 +221,27 @@ def test_slots_survive_save_and_reload(tmp_path):
                                keras.ops.convert_to_numpy(emb.embeddings), rtol=1e-6, atol=1e-7)
 
 
+def test_huge_pages_hint_only_for_large_tables_on_opt_in_huge_pages(tmp_path, monkeypatch):
+    import kzoo.sparse as ks
+
+    fit, model, _ = make_model("adagrad")
+    thp = tmp_path / "enabled"
+    thp.write_text("always [madvise] never\n")
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert ks.huge_pages_hint(fit, thp) is None  # ROWS x DIM floats: far below the threshold
+    monkeypatch.setattr(ks, "HUGE_PAGES_HINT_BYTES", ROWS * DIM * 4)
+    hint = ks.huge_pages_hint(fit, thp)
+    assert hint and "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in hint
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+    assert ks.huge_pages_hint(fit, thp) is None  # already asked for
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    thp.write_text("[always] madvise never\n")
+    assert ks.huge_pages_hint(fit, thp) is None  # huge pages without asking
+    monkeypatch.setattr(model.optimizer, "embedding_optimizer", keras.optimizers.Adagrad())
+    thp.write_text("always [madvise] never\n")
+    assert ks.huge_pages_hint(model, thp) is None  # dense updates: the hint is about row reads
+
+
 def _spec(train: dict) -> dict:
     spec = json.loads((REPO / "zoo_configs" / "deepfm.json").read_text())
     spec["features"] = {"$ref": "datasets/criteo.json"}

@@ -24,7 +24,7 @@ from kzoo.sparse.optimizers import (OPTIMIZERS, LazyAdam, RowSparseOptimizer, Sp
                                     SparseFtrl, SparseSGD)
 
 __all__ = ["LazyAdam", "OPTIMIZERS", "ROW_SPARSE", "RowSparseOptimizer", "SparseAdagrad", "SparseFtrl", "SparseSGD",
-           "embedding_optimizer_problems", "row_sparse", "sparse_layers"]
+           "embedding_optimizer_problems", "huge_pages_hint", "row_sparse", "sparse_layers"]
 
 
 def sparse_layers(model: keras.Model) -> list:
@@ -54,3 +54,29 @@ def row_sparse(model: keras.Model) -> keras.Model:
     config["optimizer"] = model.optimizer  # one optimizer: its table slots are saved with `model` too
     wrapped.compile(**config)
     return wrapped
+
+
+HUGE_PAGES_HINT_BYTES = 2 ** 28  # 256 MiB of row-sparse tables
+
+
+def huge_pages_hint(model: keras.Model, thp_file="/sys/kernel/mm/transparent_hugepage/enabled") -> str | None:
+    """A one-line hint when the row-sparse tables are large, this Linux gives transparent huge pages only
+    to memory that asks for them ("[madvise]") and GLIBC_TUNABLES does not ask (glibc.malloc.hugetlb=1):
+    random row reads then miss the TLB on 4 KiB pages, and on TensorFlow a 10⁷-row step took 1.08-1.29x
+    the 10⁵-row one here without the setting and 0.97-1.13x with it (docs/scaling.md). None otherwise."""
+    import math
+    import os
+
+    inner = getattr(model, "inner", model)
+    size = sum(math.prod(v.shape) * 4 for layer in sparse_layers(inner) for v in layer.table_variables())
+    if size < HUGE_PAGES_HINT_BYTES or "hugetlb=1" in os.environ.get("GLIBC_TUNABLES", ""):
+        return None
+    try:
+        with open(thp_file) as f:
+            if "[madvise]" not in f.read():
+                return None
+    except OSError:
+        return None
+    return (f"kzoo: the row-sparse tables hold {size / 2 ** 30:.1f} GiB and this machine gives huge pages only on "
+            "request: start the process with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 for faster row reads "
+            "(docs/scaling.md, 'Huge pages')")
