@@ -230,10 +230,8 @@ def _export_towers(run, spec, model, towers: dict, base: Path, version: int, war
     """`export.towers`: each tower's block as its own SavedModel, BASE_query/V and BASE_item/V, its
     raw columns in and its output out (`<side>_embedding`, or `<side>_<output>` per output of a
     block with several, e.g. an MTMD tower's per-task embeddings)."""
-    import keras
-
     from kzoo.retrieval import block_model
-    from kzoo.retrieval_export import tower_base
+    from kzoo.retrieval_export import tower_archive, tower_base, tower_serve
 
     from kzoo.blocks.registry import get_block
 
@@ -241,28 +239,15 @@ def _export_towers(run, spec, model, towers: dict, base: Path, version: int, war
     for side, ref in towers.items():
         tower = block_model(spec, model, ref)
         pre = run.preprocessor(list(tower.input))
-        archive = keras.export.ExportArchive()
-        archive.track(tower)
-        for layer in pre.layers.values():
-            archive.track(layer)
+        archive = tower_archive(tower, pre)
         b = blocks[ref]
         names = [f"{side}_{o}" for o in get_block(b["type"]).output_names(b.get("args", {})) or []] or \
             [f"{side}_embedding"]
-        endpoint = archive.add_endpoint(name="serving_default", fn=_tower_serve(tower, pre, names),
+        endpoint = archive.add_endpoint(name="serving_default", fn=tower_serve(tower, pre, names),
                                         input_signature=[pre.signature()])
         write_version(archive, tower_base(base, side), version, pre,
                       {"spec": spec.name, "tower": side, "block": ref, "outputs": names}, warmup=warmup,
                       endpoint=endpoint)
-
-
-def _tower_serve(tower, pre, names: list):
-    def serve(raw):
-        out = tower(pre(guard_inputs(raw)), training=False)
-        if isinstance(out, dict):  # a block of several outputs, in its declared order
-            out = [out[n.split("_", 1)[1]] for n in names]
-        return guard_outputs(dict(zip(names, out if isinstance(out, (list, tuple)) else [out])))
-
-    return serve
 
 
 def write_version(archive, base: Path, version: int, pre, meta: dict, extra=None, warmup: Warmup | None = None,

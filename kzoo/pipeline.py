@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 
 from kzoo import data as kdata
-from kzoo.features import Preprocessor, batches, check_declared, fit_stats, raw_arrays  # noqa: F401  (batches re-exported)
+from kzoo.features import Preprocessor, batches, check_declared, fit_stats, raw_arrays
 from kzoo.errors import SpecError
 from kzoo.spec import Spec, load_spec
 from kzoo.tasks import tasks_of

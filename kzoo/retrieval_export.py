@@ -72,8 +72,8 @@ def export_retrieval(run, base: Path, version: int, task, write) -> Path:
 
     for tower, output in ((query, "query_embedding"), (item, "item_embedding")):
         pre = run.preprocessor(list(tower.input))
-        archive = _archive(tower, pre)
-        endpoint = archive.add_endpoint(name="serving_default", fn=_tower_fn(tower, pre, output),
+        archive = tower_archive(tower, pre)
+        endpoint = archive.add_endpoint(name="serving_default", fn=tower_serve(tower, pre, [output]),
                                         input_signature=[pre.signature()])
         write(archive, tower_base(base, output.split("_")[0]), version, pre,
               {"spec": spec.name, "task": task.name, "tower": output.split("_")[0], "outputs": [output],
@@ -84,7 +84,7 @@ def export_retrieval(run, base: Path, version: int, task, write) -> Path:
     id_of = keras.layers.StringLookup(vocabulary=list(ids), invert=True, num_oov_indices=0, mask_token=None,
                                       name="item_ids")
     id_of.build((None,))
-    archive = _archive(query, pre)
+    archive = tower_archive(query, pre)
     archive.track(retrieval)
     archive.track(id_of)
 
@@ -111,16 +111,23 @@ def export_retrieval(run, base: Path, version: int, task, write) -> Path:
         extra, endpoint=endpoint)
 
 
-def _tower_fn(tower, pre, output: str):
+def tower_serve(tower, pre, names: list):
+    """The serving function of a tower exported apart: raw columns in, behind kzoo.export_checks' request
+    guards, and one output per name in `names` (a block of several outputs gives them in its declared
+    order, `<side>_<output>`)."""
     from kzoo.export_checks import guard_inputs, guard_outputs
 
     def serve(raw):  # no default arguments: tf.function would take them for inputs
-        return guard_outputs({output: tower(pre(guard_inputs(raw)), training=False)})
+        out = tower(pre(guard_inputs(raw)), training=False)
+        if isinstance(out, dict):  # a block of several outputs, in its declared order
+            out = [out[n.split("_", 1)[1]] for n in names]
+        return guard_outputs(dict(zip(names, out if isinstance(out, (list, tuple)) else [out])))
 
     return serve
 
 
-def _archive(tower, pre):
+def tower_archive(tower, pre):
+    """An ExportArchive tracking `tower` and the preprocessing layers of `pre`."""
     import keras
 
     archive = keras.export.ExportArchive()

@@ -195,14 +195,14 @@ def _build_before_fit(model, batches) -> None:
     Keras' TensorFlow trainer (without a distribution strategy) defers them to the first trace of the
     train step, and a tf.function that creates variables while tracing is traced a second time: every
     run paid its (largest) trace twice, 36 of MTMD's 56 s of training at test size. Keras' own
-    `_symbolic_build` (what it runs under a strategy, and always on JAX) builds them from one batch's
-    shapes, so the train step is traced once."""
+    `_symbolic_build` (what it runs under a strategy, and always on JAX) builds them from the shapes of
+    `batches`' elements (no batch is read), so the train step is traced once. Does nothing once the
+    optimizer is built (a later epoch, or a run resumed from its checkpoint)."""
     if keras.backend.backend() != "tensorflow" or getattr(model, "_distribute_strategy", None) is not None:
         return
     if model.optimizer is not None and model.optimizer.built:
-        return  # a resumed run: its checkpoint built the state
-    for batch in batches.take(1):
-        model._symbolic_build(data_batch=batch)
+        return
+    model._symbolic_build(data_batch=batches.element_spec)
 
 
 def train(spec, data="synthetic", out=None, *, epochs=None, batch_size=None, seed=None,
@@ -292,9 +292,9 @@ def train(spec, data="synthetic", out=None, *, epochs=None, batch_size=None, see
         callbacks.append(_Progress(epochs))
     fit_start = time.time()
     epochs_run = 0
-    _build_before_fit(model, prepared.train_epoch(first_epoch))
     for epoch in range(first_epoch, epochs):  # one fit per epoch: a resumed epoch skips its done batches
         batches = prepared.train_epoch(epoch)
+        _build_before_fit(model, batches)
         done, skip = skip, 0
         if done:
             batches = batches.skip(done)
