@@ -5,7 +5,8 @@
                                       the rows of each split and keeps bounded validation / test samples
     Streamed.train_epoch(epoch)       the epoch's training batches (tf.data): shards in a seeded order,
                                       rows through a shuffle buffer, the same batches for the same
-                                      (seed, epoch) in any process, so a resumed run skips what it did
+                                      (seed, epoch) in any process, so a resumed run skips what it did;
+                                      one dataset for all epochs, set to `epoch` for the next iteration
 
 Memory holds one chunk being read, the shuffle buffer, the vocabularies and the evaluation samples,
 whatever the number of rows. The spec's `train.streaming` ({} for the defaults):
@@ -218,23 +219,35 @@ class Streamed:
         w = {t.name: tf.TensorSpec([None], tf.float32) for t in self.tasks}
         return (x, y, w) if any(t.weighted for t in self.tasks) else (x, y)
 
-    def raw_epoch(self, epoch: int):
-        """The epoch's batches of raw columns (before the preprocessing), as tf.data."""
+    def raw_epoch(self, epoch):
+        """The epoch's batches of raw columns (before the preprocessing), as tf.data. `epoch`: an int,
+        or a callable giving it when an iteration starts (`train_epoch`'s one dataset for all epochs)."""
         import tensorflow as tf
 
-        ds = tf.data.Dataset.from_generator(lambda: self._batches(epoch), output_signature=self._signature())
+        epoch_now = epoch if callable(epoch) else (lambda: epoch)
+        ds = tf.data.Dataset.from_generator(lambda: self._batches(int(epoch_now())), output_signature=self._signature())
         # The pass counted the training rows: Keras then knows the epoch's length (progress, no "ran out
         # of data" warning), and files changed since the pass are an error rather than a shorter epoch.
         return ds.apply(tf.data.experimental.assert_cardinality(math.ceil(self.rows["train"] / self.batch_size)))
 
     def train_epoch(self, epoch: int):
         """The training batches of epoch `epoch` (0-based), preprocessed: the same batches in the same
-        order for the same (train.seed, epoch) in any process."""
+        order for the same (train.seed, epoch) in any process.
+
+        Every epoch gets the same tf.data object, built once: an iteration that starts after this
+        call yields epoch `epoch`'s batches. (tf.data traces its functions, the preprocessing among
+        them, whenever a dataset is built: a dataset per epoch left five graphs, ~4,000 objects in
+        reference cycles, for each epoch, which only Python's rare full collections freed, and a
+        long run's memory crept up with them; docs/reliability.md "Long runs".)"""
         import tensorflow as tf
 
-        pre = self.preprocessor
-        return self.raw_epoch(epoch).map(lambda x, *rest: (pre(x), *rest), num_parallel_calls=tf.data.AUTOTUNE,
-                                         deterministic=True).prefetch(tf.data.AUTOTUNE)
+        self._epoch = int(epoch)
+        if getattr(self, "_train", None) is None:
+            pre = self.preprocessor
+            self._train = self.raw_epoch(lambda: self._epoch).map(
+                lambda x, *rest: (pre(x), *rest), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True).prefetch(tf.data.AUTOTUNE)
+        return self._train
 
     @property
     def train(self):

@@ -138,6 +138,30 @@ def test_every_row_once_per_epoch_reshuffled_and_the_same_when_read_again(tmp_pa
     assert skipped == second[3 * 64:]
 
 
+def test_the_one_training_dataset_yields_the_epoch_last_asked_for(tmp_path):
+    """`train_epoch` hands out one tf.data object for every epoch (built once: no tracing per epoch);
+    an iteration started after `train_epoch(e)` yields epoch e's batches, preprocessed, in order."""
+    frame = rows()
+    streamed = prepare(spec_of({"by": "hash", "key": "user", "validation": 0.2, "test": 0.2, "seed": 4}),
+                       str(write(tmp_path / "d", frame)))
+
+    def labels(ds):
+        return np.concatenate([y["ctr"].numpy().ravel() for _, y in ds])
+
+    def raw_labels(epoch):
+        order = np.array(epoch_rows(streamed, epoch)[0])
+        return frame.set_index("rid").loc[order, "label"].to_numpy(np.float32)
+
+    one, zero = raw_labels(1), raw_labels(0)
+    assert not np.array_equal(one, zero)
+    assert streamed.train_epoch(1) is streamed.train_epoch(0)
+    np.testing.assert_array_equal(labels(streamed.train_epoch(1)), one)
+    np.testing.assert_array_equal(labels(streamed.train_epoch(0)), zero)
+    x = next(iter(streamed.train_epoch(1)))[0]
+    raw = next(iter(streamed.raw_epoch(1)))[0]
+    np.testing.assert_allclose(x["I2"].numpy(), streamed.preprocessor(raw)["I2"].numpy())
+
+
 def test_bad_value_names_the_file_column_and_row(tmp_path):
     frame = rows(600)
     frame["I2"] = [str(v) for v in frame["I2"]]  # numbers as text: parsed by conform
