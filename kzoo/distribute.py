@@ -120,6 +120,7 @@ class Plan:
     tables: dict = field(default_factory=dict)
     processes: int = 1
     table_paths: frozenset = frozenset()
+    _topped_up: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # id(ds) -> (ds, its topped-up form)
 
     @property
     def replicas(self) -> int:
@@ -159,9 +160,13 @@ class Plan:
         """`ds` as the plan can split it. On JAX every batch must divide by the data-parallel replicas
         (n): a last partial batch of r rows is topped up to the next multiple of n with its own first
         rows again (fewer than n rows of an epoch count twice; nothing is left out, and the number of
-        batches stays known). TensorFlow's strategies split uneven batches themselves."""
+        batches stays known). TensorFlow's strategies split uneven batches themselves. The same `ds`
+        (the trainer passes the same datasets every epoch) gets the same mapped dataset: tf.data
+        traces a map when it is built, and a graph per epoch is garbage only a full collection frees."""
         if ds is None or self.backend != "jax" or self.replicas == 1:
             return ds
+        if id(ds) in self._topped_up:
+            return self._topped_up[id(ds)][1]
         import tensorflow as tf
 
         n = self.replicas
@@ -173,7 +178,8 @@ class Plan:
                             lambda: tf.nest.map_structure(lambda t: tf.gather(t, index), parts))
             return parts if len(parts) > 1 else parts[0]
 
-        return ds.map(top_up)
+        self._topped_up[id(ds)] = (ds, ds.map(top_up))  # `ds` kept: its id is not reused meanwhile
+        return self._topped_up[id(ds)][1]
 
     def describe(self) -> dict | None:
         """What run.json records (None on one device); the tables' placement is known once the model is
